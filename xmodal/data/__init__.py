@@ -1,0 +1,5 @@
+"""Dataset sources, synthetic test beds and collators."""
+
+from .collators import FashionBertPretrainingCollator
+
+__all__ = ["FashionBertPretrainingCollator"]

