@@ -440,17 +440,36 @@ def test_pretraining_output_shapes_and_tied_decoder():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     inputs = tester.inputs(config)
     output = model(**inputs, **tester.targets(config, inputs))
-    assert output.mlm_logits.shape == (3, tester.text_length, tester.vocab_size)
+    # sparse prediction (default): logits only at the 3 labelled positions of the aligned rows 0 and 2
+    assert output.mlm_logits.shape == (3, tester.vocab_size)
     assert output.mpm_logits.shape == (3, config.num_patches, config.patch_feature_dim)
     assert output.tia_logits.shape == (3, 2)
     assert output.task_weights.shape == (3,)
     for value in (output.loss, output.mlm_loss, output.mpm_loss, output.tia_loss):
         assert value.shape == () and torch.isfinite(value)
     assert model(**inputs).loss is None
+    assert model(**inputs).mlm_logits.shape == (3, tester.text_length, tester.vocab_size)
+
+
+def test_sparse_and_dense_mlm_prediction_give_the_same_loss():
+    sparse = deterministic({"task_weighting": "fixed"})
+    dense = deterministic({"task_weighting": "fixed", "sparse_prediction": False})
+    model = FashionBertForPreTraining(sparse).eval()
+    inputs = tester.inputs(sparse)
+    targets = tester.targets(sparse, inputs)
+    out_sparse = model(**inputs, **targets)
+    model.config.sparse_prediction = False
+    out_dense = model(**inputs, **targets)
+    assert out_dense.mlm_logits.shape == (3, tester.text_length, tester.vocab_size)
+    torch.testing.assert_close(out_sparse.mlm_loss, out_dense.mlm_loss)
+    torch.testing.assert_close(out_sparse.loss, out_dense.loss)
+    labels = targets["labels"].masked_fill(~(targets["alignment_labels"] == 0).unsqueeze(1), -100)
+    torch.testing.assert_close(out_sparse.mlm_logits, out_dense.mlm_logits[labels != -100])
+    assert dense.sparse_prediction is False
 
 
 def test_losses_equal_hand_computation_on_aligned_rows_only():
-    config = deterministic({"task_weighting": "fixed", "mpm_kl_direction": "code"})
+    config = deterministic({"task_weighting": "fixed", "mpm_kl_direction": "code", "sparse_prediction": False})
     model = FashionBertForPreTraining(config).eval()
     inputs = tester.inputs(config)
     targets = tester.targets(config, inputs)
@@ -490,7 +509,7 @@ def test_losses_equal_hand_computation_on_aligned_rows_only():
 
 
 def test_without_alignment_labels_mlm_and_mpm_use_every_row():
-    config = deterministic({"task_weighting": "fixed"})
+    config = deterministic({"task_weighting": "fixed", "sparse_prediction": False})
     model = FashionBertForPreTraining(config).eval()
     inputs = tester.inputs(config)
     targets = tester.targets(config, inputs)

@@ -1,5 +1,5 @@
-"""Dataset sources, synthetic test beds and collators."""
+"""Dataset sources, synthetic test beds, preprocessing and collators."""
 
-from .collators import FashionBertPretrainingCollator
+from .collators import FashionBertPretrainingCollator, MapIvrCollator
 
-__all__ = ["FashionBertPretrainingCollator"]
+__all__ = ["FashionBertPretrainingCollator", "MapIvrCollator"]

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 
-__all__ = ["FashionBertPretrainingCollator"]
+__all__ = ["FashionBertPretrainingCollator", "MapIvrCollator"]
 
 
 @dataclass
@@ -458,3 +458,28 @@ def _common_float_dtype(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     if dtype == torch.float64:
         dtype = torch.float32
     return [tensor.to(dtype) for tensor in tensors]
+
+
+@dataclass
+class MapIvrCollator:
+    r"""
+    Collates MAP-IVR rows `{image_features, video_features, proposal_scores?, proposal_mask?, label}` into a batch
+    for `MapIvrModel`, through a fitted `MapIvrFeatureExtractor` (bag padding, masks, APIVR normalisation).
+    """
+
+    feature_extractor: Any
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(rows) == 0:
+            raise ValueError("`rows` must be a non-empty list of dicts.")
+        optional = {
+            name: [row[name] for row in rows] for name in ("proposal_scores", "proposal_mask") if rows[0].get(name) is not None
+        }
+        batch = self.feature_extractor(
+            image_features=[row["image_features"] for row in rows],
+            video_features=[row["video_features"] for row in rows],
+            labels=[row["label"] for row in rows],
+            return_tensors="pt",
+            **optional,
+        )
+        return dict(batch)

@@ -122,6 +122,11 @@ class FashionBertConfig(PreTrainedConfig):
               gradient flowing through the weights (no stop-gradient), exactly as in EasyTransfer.
             - `"fixed"`: `w_i = 1 / L` (the paper's ablation baseline).
             Tasks with nothing to predict in a batch are left out and the weights renormalised over the rest.
+        sparse_prediction (`bool`, defaults to `True`): when MLM `labels` are given, run the MLM head only on the
+            predicted positions of aligned rows, so `mlm_logits` is `(num_predicted, vocab_size)` (row-major order of
+            those positions). The vocabulary projection of every text position would cost about as much as MiniLM's
+            whole encoder; the loss is identical. `False` returns logits at every text position, as
+            `BertForPreTraining` (the name follows ModernBERT's option of the same purpose).
 
     Example:
 
@@ -178,6 +183,7 @@ class FashionBertConfig(PreTrainedConfig):
     mpm_probability: float = 0.10
     mpm_kl_direction: str = "paper"
     task_weighting: str = "gradient"
+    sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
         if self.patch_encoder_type == "resnet" and self.patch_encoder_config is None:

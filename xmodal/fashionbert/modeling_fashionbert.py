@@ -164,7 +164,8 @@ class FashionBertForPreTrainingOutput(ModelOutput):
         task_weights (`torch.FloatTensor` of shape `(3,)`, *optional*): weights of (mlm, mpm, tia), detached; 0 for a
             task absent from the batch, the others sum to 1.
         mlm_logits (`torch.FloatTensor` of shape `(batch_size, text_length, vocab_size)`): MLM scores of every text
-            position.
+            position; with `labels` and `config.sparse_prediction` (the default) only those of the predicted
+            positions of aligned rows, `(num_predicted, vocab_size)`.
         mpm_logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_feature_dim)`): MPM logits of every
             patch position (the loss uses the masked ones).
         tia_logits (`torch.FloatTensor` of shape `(batch_size, 2)`): alignment scores from the pooled `[CLS]`; class 0
@@ -624,14 +625,23 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         )
         text_length = input_ids.shape[1]
         sequence_output = outputs.last_hidden_state
-        mlm_logits = self.cls.predictions(sequence_output[:, :text_length])
+        text_output = sequence_output[:, :text_length]
+        aligned = None if alignment_labels is None else alignment_labels.to(input_ids.device) == 0
+        if labels is not None:
+            labels = self._mlm_targets(labels.to(input_ids.device), text_output.shape[:2], aligned)
+        if labels is not None and self.config.sparse_prediction:
+            predicted = labels != -100
+            mlm_logits = self.cls.predictions(text_output[predicted])  # (num_predicted, vocab_size)
+            mlm_targets = labels[predicted]
+        else:
+            mlm_logits = self.cls.predictions(text_output)
+            mlm_targets = labels
         mpm_logits = self.cls.patch_predictions(sequence_output[:, text_length:])
         tia_logits = self.cls.seq_relationship(outputs.pooler_output)
 
         loss = mlm_loss = mpm_loss = tia_loss = task_weights = None
         if labels is not None or mpm_mask is not None or alignment_labels is not None:
-            aligned = None if alignment_labels is None else alignment_labels.to(input_ids.device) == 0
-            mlm_loss, mlm_present = self._mlm_loss(mlm_logits, labels, aligned)
+            mlm_loss, mlm_present = self._mlm_loss(mlm_logits, mlm_targets)
             mpm_loss, mpm_present = self._mpm_loss(mpm_logits, features, mpm_mask, patch_mask, aligned)
             tia_loss, tia_present = self._tia_loss(tia_logits, alignment_labels)
             losses = torch.stack([mlm_loss, mpm_loss, tia_loss])
@@ -653,19 +663,19 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             attentions=outputs.attentions,
         )
 
-    def _mlm_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor | None, aligned: torch.Tensor | None
-    ) -> tuple[torch.Tensor, bool]:
-        """MLM cross-entropy over the labelled tokens of aligned rows (mean), and whether there were any."""
-        if labels is None:
-            return _zero_loss_like(logits), False
-        if tuple(labels.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"`labels` must have shape {tuple(logits.shape[:2])}, got {tuple(labels.shape)}.")
-        labels = labels.to(logits.device)
+    @staticmethod
+    def _mlm_targets(labels: torch.Tensor, text_shape: torch.Size, aligned: torch.Tensor | None) -> torch.Tensor:
+        """MLM labels with the rows of non-aligned pairs ignored (their text does not describe their image)."""
+        if tuple(labels.shape) != tuple(text_shape):
+            raise ValueError(f"`labels` must have shape {tuple(text_shape)}, got {tuple(labels.shape)}.")
         if aligned is not None:
             labels = labels.masked_fill(~aligned.unsqueeze(1), -100)
-        if not (labels != -100).any():
-            return _zero_loss_like(logits), False
+        return labels
+
+    def _mlm_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """MLM cross-entropy over the labelled tokens (mean), and whether there were any."""
+        if labels is None or not (labels != -100).any():
+            return _zero_loss_like(self.cls.predictions.bias if logits.numel() == 0 else logits), False
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         return loss, True
 

@@ -1,0 +1,106 @@
+"""Model inputs computed once per dataset and cached by `datasets` (fingerprinted on what they depend on)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, Features, Sequence, Value
+from datasets.fingerprint import Hasher
+
+__all__ = ["add_fashionbert_inputs", "patch_encoder_fingerprint"]
+
+_KEPT_COLUMNS = ("text", "product_id", "subcategory", "category")
+
+
+def patch_encoder_fingerprint(model) -> str:
+    """
+    A hash of everything that determines a FashionBERT model's patch features: the image/patch fields of its
+    config and the frozen encoder's weights. A changed encoder, grid or image size gives a new fingerprint, so
+    `datasets` recomputes the cached features instead of reusing stale ones.
+    """
+    config = model.config
+    fields = {
+        name: getattr(config, name)
+        for name in ("image_size", "patch_grid", "patch_encoder_type", "patch_feature_mode", "patch_crop_size")
+    }
+    if config.patch_encoder_config is not None:
+        fields["patch_encoder_config"] = config.patch_encoder_config.to_dict()
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.patch_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def add_fashionbert_inputs(
+    dataset: Dataset,
+    processor,
+    model,
+    max_text_length: int,
+    batch_size: int = 32,
+    num_proc: int | None = None,
+    desc: str = "Tokenising captions and encoding patches",
+) -> Dataset:
+    """
+    Adds `input_ids` (the caption as `[CLS] text [SEP]` WordPiece ids, truncated to `max_text_length`) and
+    `patch_features` (num_patches, patch_feature_dim) float32, computed once per image by the model's frozen
+    patch encoder, to rows with `image` and `text`. Keeps `text`, `product_id`, `subcategory` (and `category`);
+    drops the image and the other columns.
+
+    Args:
+        dataset: fashion rows (see `xmodal.data.load_fashion_dataset` / `make_fashion_dataset`).
+        processor: a `FashionBertProcessor` (its image processor must match the model's `image_size`).
+        model: a `FashionBertModel` (or a head model; its `base_model` is used) whose patch encoder makes the features.
+        max_text_length: longest caption in tokens, `[CLS]` and `[SEP]` included.
+        batch_size: images encoded at a time.
+        num_proc: processes for `datasets.map` (the encoder is copied into each).
+    """
+    base = model.base_model
+    image_size = processor.image_processor.image_size
+    if image_size != base.config.image_size:
+        raise ValueError(
+            f"the processor resizes images to {image_size} but the model expects image_size={base.config.image_size}"
+        )
+    feature_shape = (base.config.num_patches, base.config.patch_feature_dim)
+    kept = [name for name in _KEPT_COLUMNS if name in dataset.column_names]
+    features = Features(
+        {
+            **{name: dataset.features[name] for name in kept},
+            "input_ids": Sequence(Value("int32")),
+            "patch_features": Array2D(shape=feature_shape, dtype="float32"),
+        }
+    )
+    fingerprint = Hasher.hash(
+        [
+            dataset._fingerprint,
+            patch_encoder_fingerprint(base),
+            processor.image_processor.to_dict(),
+            processor.tokenizer.get_vocab() if hasattr(processor.tokenizer, "get_vocab") else processor.tokenizer.name_or_path,
+            max_text_length,
+        ]
+    )
+
+    def encode(batch):
+        tokens = processor.tokenizer(batch["text"], truncation=True, max_length=max_text_length)
+        pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            patches = base.get_patch_features(pixel_values.to(base.device, base.dtype))
+        return {
+            **{name: batch[name] for name in kept},
+            "input_ids": tokens["input_ids"],
+            "patch_features": patches.float().cpu().numpy().astype(np.float32),
+        }
+
+    return dataset.map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=dataset.column_names,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
