@@ -1,0 +1,173 @@
+"""Hub-ready folders: safetensors weights, the model folder's code for `trust_remote_code`, the processor or
+feature extractor, `eval_results.json` and a model card generated from the run's own results; and pushes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .training import atomic_directory
+
+__all__ = ["AUTO_MAPS", "build_model_card", "push_folder_to_hub", "register_for_remote_code", "save_model_folder"]
+
+_TEMPLATES = Path(__file__).parent / "model_cards"
+
+# Every Auto class a saved folder answers to, per model type (one config lists them all, see DESIGN.md).
+AUTO_MAPS: dict[str, dict[str, str]] = {
+    "fashionbert": {
+        "AutoConfig": "configuration_fashionbert.FashionBertConfig",
+        "AutoModel": "modeling_fashionbert.FashionBertModel",
+        "AutoModelForPreTraining": "modeling_fashionbert.FashionBertForPreTraining",
+    },
+    "map_ivr": {
+        "AutoConfig": "configuration_map_ivr.MapIvrConfig",
+        "AutoModel": "modeling_map_ivr.MapIvrModel",
+    },
+}
+_MODEL_AUTO_CLASS = {
+    "FashionBertModel": "AutoModel",
+    "FashionBertForPreTraining": "AutoModelForPreTraining",
+    "MapIvrModel": "AutoModel",
+}
+_PROCESSOR_AUTO_CLASS = {
+    "FashionBertProcessor": "AutoProcessor",
+    "FashionBertImageProcessor": "AutoImageProcessor",
+    "MapIvrFeatureExtractor": "AutoFeatureExtractor",
+}
+
+
+def register_for_remote_code(model, processor=None) -> None:
+    """Mark the model, its config and processor for remote code, and write the full `auto_map` into the config."""
+    model_type = model.config.model_type
+    if model_type not in AUTO_MAPS or type(model).__name__ not in _MODEL_AUTO_CLASS:
+        raise ValueError(f"no Hub auto-class mapping for {type(model).__name__} (model_type {model_type!r})")
+    type(model.config).register_for_auto_class("AutoConfig")
+    type(model).register_for_auto_class(_MODEL_AUTO_CLASS[type(model).__name__])
+    model.config.auto_map = dict(AUTO_MAPS[model_type])
+    if processor is not None:
+        type(processor).register_for_auto_class(_PROCESSOR_AUTO_CLASS[type(processor).__name__])
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is not None:
+            type(image_processor).register_for_auto_class(_PROCESSOR_AUTO_CLASS[type(image_processor).__name__])
+
+
+def save_model_folder(
+    output_dir: str | os.PathLike,
+    model,
+    processor=None,
+    eval_results: Mapping[str, Any] | None = None,
+    model_card: ModelCard | None = None,
+) -> Path:
+    """
+    Writes a complete Hub-ready folder, atomically (a crash never leaves a half-written `output_dir`).
+
+    Contents: `model.safetensors` (sharded when large) and `config.json` with its `auto_map`, the model folder's
+    code files, the processor / feature extractor (and tokenizer) files, `eval_results.json` when given and
+    `README.md` (the model card) when given.
+    """
+    register_for_remote_code(model, processor)
+    with atomic_directory(output_dir) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(folder)
+        if eval_results is not None:
+            (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2, sort_keys=True) + "\n")
+        if model_card is not None:
+            model_card.save(folder / "README.md")
+    return Path(output_dir)
+
+
+def build_model_card(
+    model_type: str,
+    eval_results: Mapping[str, float],
+    *,
+    model_name: str,
+    repo_id: str,
+    dataset_name: str,
+    dataset_description: str,
+    base_model: str | None,
+    command: str,
+    hyperparameters: Mapping[str, Any],
+    limitations: str,
+    results_note: str = "",
+    license: str = "apache-2.0",
+    **template_fields: Any,
+) -> ModelCard:
+    """
+    A model card from `xmodal/model_cards/<model_type>.md`, with `model-index` metadata holding the run's results.
+
+    `eval_results` uses the names train.py reports: `"image_to_text/R@1"`... for FashionBERT, `"s_all/mAP@10"`...
+    for MAP-IVR (percentages for FashionBERT's Rank@K, fractions in [0, 1] for mAP).
+    """
+    if model_type == "fashionbert":
+        task_type, task_name, rows = "text-image-retrieval", "Text-image retrieval (FashionBERT protocol)", []
+        for direction, label in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
+            if f"{direction}/R@1" in eval_results:
+                rows.append(
+                    {"direction": label, **{f"r{k}": f"{eval_results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10)}}
+                )
+    elif model_type == "map_ivr":
+        task_type, task_name, rows = "image-to-video-retrieval", "Activity image-to-video retrieval", []
+        for score in ("s_a", "s_v", "s_all"):
+            if f"{score}/mAP@10" in eval_results:
+                rows.append({"score": score.upper(), **{f"k{k}": f"{eval_results[f'{score}/mAP@{k}']:.4f}" for k in (10, 20, 50, 100)}})
+    else:
+        raise ValueError(f"unknown model_type {model_type!r}")
+    card_data = ModelCardData(
+        model_name=model_name,
+        license=license,
+        library_name="transformers",
+        base_model=base_model,
+        datasets=[dataset_name],
+        tags=[model_type, "xmodal", "custom_code"],
+        eval_results=[
+            EvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=dataset_name,
+                dataset_name=dataset_name,
+                dataset_split="test",
+                metric_type=name,
+                metric_name=name,
+                metric_value=float(value),
+            )
+            for name, value in eval_results.items()
+        ],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(_TEMPLATES / f"{model_type}.md"),
+        model_name=model_name,
+        repo_id=repo_id,
+        dataset_description=dataset_description,
+        results_table=rows,
+        results_note=results_note,
+        base_model=base_model,
+        command=command,
+        hyperparameters=dict(hyperparameters),
+        limitations=limitations,
+        **template_fields,
+    )
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload model trained with xmodal",
+    path_in_repo: str | None = None,
+) -> str:
+    """Creates `repo_id` if needed and uploads `folder` (honours `HF_ENDPOINT`); returns the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo, commit_message=commit_message
+    )
+    return str(info)
