@@ -50,8 +50,8 @@ from xmodal.data.fashion_synthetic import make_fashion_dataset
 from xmodal.data.preprocessing import add_fashionbert_inputs
 from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
-from xmodal.hub import build_model_card, push_folder_to_hub, save_model_folder
-from xmodal.training import checkpoint_step, resolve_checkpoint, save_checkpoint
+from xmodal.hub import build_model_card, create_hub_repo, push_folder_to_hub, save_model_folder
+from xmodal.training import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
 
 logger = get_logger(__name__)
 
@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     accelerator_kwargs = {"log_with": args.report_to, "project_dir": args.output_dir} if args.with_tracking else {}
     accelerator = Accelerator(
+        # Without a GPU, a multi-process launch (`accelerate launch --multi_gpu`, torchrun) runs CPU processes (gloo).
+        cpu=torch.cuda.device_count() == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -401,6 +403,12 @@ def main(argv: list[str] | None = None) -> dict:
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (masks, dropout) resumable
     )
+
+    if len(train_dataloader) == 0:
+        raise ValueError(
+            f"the training set has {len(train_dataset)} rows, fewer than one batch of "
+            f"--per_device_train_batch_size {args.per_device_train_batch_size}"
+        )
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -482,7 +490,10 @@ def main(argv: list[str] | None = None) -> dict:
             running_steps += 1
             progress_bar.update(1)
             if completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps:
-                logged = {k: v / running_steps for k, v in running.items()}
+                # Averaged over the logging window and over processes: the curve of the global batch.
+                names = sorted(running)
+                means = accelerator.reduce(torch.tensor([running[k] / running_steps for k in names], device=accelerator.device), reduction="mean")
+                logged = dict(zip(names, means.tolist()))
                 logged["lr"] = lr_scheduler.get_last_lr()[0]
                 running, running_steps = {}, 0
                 history.append({"step": completed_steps, **logged})
@@ -515,14 +526,14 @@ def main(argv: list[str] | None = None) -> dict:
         unwrapped.eval()
         if args.do_eval:
             results = evaluate(args, unwrapped, processor, eval_dataset)
+        if args.push_to_hub:  # the card's loading snippet needs the full `namespace/name`
+            args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None)
         card = model_card(args, unwrapped, results, dataset_description, completed_steps, train_minutes)
         save_model_folder(final_dir, unwrapped, processor, eval_results=results or None, model_card=card)
         (final_dir.parent / "train_history.json").write_text(json.dumps(history, indent=1) + "\n")
         if args.push_to_hub:
             push_folder_to_hub(final_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None)
             if args.push_checkpoints:
-                from xmodal.training import list_checkpoints
-
                 for checkpoint in list_checkpoints(args.output_dir):
                     push_folder_to_hub(checkpoint, args.hub_model_id, token=args.hub_token, path_in_repo=f"checkpoints/{checkpoint.name}")
         print_summary(args, results, completed_steps, train_minutes, (time.monotonic() - started) / 60, final_dir, history)

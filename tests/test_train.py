@@ -62,7 +62,7 @@ def fashion_args(tiny_bert: Path, output_dir: Path, *extra: str) -> list[str]:
 def map_ivr_args(output_dir: Path, *extra: str) -> list[str]:
     return [
         "--model_type", "map_ivr", "--synthetic_videos_per_class", "4",
-        "--per_device_train_batch_size", "8", "--logging_steps", "1", "--output_dir", str(output_dir), *extra,
+        "--logging_steps", "1", "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
 
 
@@ -111,7 +111,7 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
 
 
 def test_map_ivr_end_to_end(tmp_path):
-    result = run_train(map_ivr_args(tmp_path / "run", "--max_train_steps", "3"))
+    result = run_train(map_ivr_args(tmp_path / "run", "--max_train_steps", "3", "--per_device_train_batch_size", "8"))
     final = tmp_path / "run" / "final"
     assert "==== xmodal map_ivr ====" in result.stdout
     results = json.loads((final / "eval_results.json").read_text())
@@ -122,7 +122,7 @@ def test_map_ivr_end_to_end(tmp_path):
 
 
 def test_resume_from_latest_checkpoint_reproduces_the_uninterrupted_run(tmp_path):
-    common = ["--max_train_steps", "6", "--checkpointing_steps", "3", "--do_eval", "false"]
+    common = ["--max_train_steps", "6", "--checkpointing_steps", "3", "--do_eval", "false", "--per_device_train_batch_size", "8"]
     run_train(map_ivr_args(tmp_path / "full", *common))
     # The state after step 3, as an interrupted run would have left it, then resumed to the end.
     (tmp_path / "resumed").mkdir()
@@ -134,3 +134,21 @@ def test_resume_from_latest_checkpoint_reproduces_the_uninterrupted_run(tmp_path
     assert full.keys() == resumed.keys()
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): same data per step as one process with a
+    batch twice as large; losses differ only through per-process dropout / motion-code noise."""
+    common = ["--max_train_steps", "8", "--do_eval", "false", "--num_warmup_steps", "0"]
+    run_train(map_ivr_args(tmp_path / "one", *common, "--per_device_train_batch_size", "16"))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    result = run_train(map_ivr_args(tmp_path / "two", *common, "--per_device_train_batch_size", "8"), launcher=launcher)
+    assert "MULTI_CPU" in result.stdout + result.stderr
+    one = json.loads((tmp_path / "one" / "train_history.json").read_text())
+    two = json.loads((tmp_path / "two" / "train_history.json").read_text())
+    assert [h["step"] for h in one] == [h["step"] for h in two] == list(range(1, 9))
+    for a, b in zip(one, two):
+        # Stated tolerance: 10% per step on the total loss, 5% on its mean over the run.
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.10), (a, b)
+    mean = lambda history: sum(h["loss"] for h in history) / len(history)  # noqa: E731
+    assert mean(two) == pytest.approx(mean(one), rel=0.05)

@@ -14,7 +14,14 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .training import atomic_directory
 
-__all__ = ["AUTO_MAPS", "build_model_card", "push_folder_to_hub", "register_for_remote_code", "save_model_folder"]
+__all__ = [
+    "AUTO_MAPS",
+    "build_model_card",
+    "create_hub_repo",
+    "push_folder_to_hub",
+    "register_for_remote_code",
+    "save_model_folder",
+]
 
 _TEMPLATES = Path(__file__).parent / "model_cards"
 
@@ -156,6 +163,11 @@ def build_model_card(
     )
 
 
+def create_hub_repo(repo_id: str, token: str | None = None, private: bool | None = None) -> str:
+    """Creates `repo_id` if needed; returns its full `namespace/name` (a bare name goes to the token owner)."""
+    return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -163,10 +175,16 @@ def push_folder_to_hub(
     private: bool | None = None,
     commit_message: str = "Upload model trained with xmodal",
     path_in_repo: str | None = None,
+    endpoint: str | None = None,
 ) -> str:
-    """Creates `repo_id` if needed and uploads `folder` (honours `HF_ENDPOINT`); returns the commit URL."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    """
+    Creates `repo_id` if needed and uploads `folder`; returns the commit URL.
+
+    A bare name (no `namespace/`) goes to the token owner's namespace, as with `create_repo`. `endpoint` defaults to
+    `HF_ENDPOINT` (read when huggingface_hub is imported), else https://huggingface.co.
+    """
+    api = HfApi(endpoint=endpoint, token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     info = api.upload_folder(
         folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo, commit_message=commit_message
     )
