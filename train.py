@@ -546,9 +546,11 @@ def main(argv: list[str] | None = None) -> dict:
 def evaluate(args: argparse.Namespace, model, processor, eval_dataset) -> dict:
     """The paper's protocol: FashionBERT Rank@1/5/10 both ways (+ TIA accuracy/AUC); MAP-IVR mAP@K for S_A/S_V/S_all."""
     if args.model_type == "fashionbert":
-        retrieval = FashionBertForImageTextRetrieval(model.config)
-        retrieval.load_state_dict(model.state_dict(), strict=False)  # shares bert.* and cls.seq_relationship.*
-        retrieval.eval()
+        retrieval = FashionBertForImageTextRetrieval(model.config).eval()
+        # The retrieval head is the pretraining model's `bert.*` + `cls.seq_relationship.*` (MLM/MPM heads unused).
+        missing = retrieval.load_state_dict(model.state_dict(), strict=False).missing_keys
+        if missing:
+            raise RuntimeError(f"the retrieval model did not receive {missing}")
         result = evaluate_fashion_retrieval(
             retrieval,
             eval_dataset.with_format("numpy"),
