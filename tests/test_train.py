@@ -152,3 +152,17 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.10), (a, b)
     mean = lambda history: sum(h["loss"] for h in history) / len(history)  # noqa: E731
     assert mean(two) == pytest.approx(mean(one), rel=0.05)
+
+
+def test_with_tracking_writes_losses_and_task_weights_to_tensorboard(tiny_bert, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_train(fashion_args(tiny_bert, tmp_path / "run", "--with_tracking", "--report_to", "tensorboard", "--do_eval", "false"))
+    event_files = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert event_files, "no TensorBoard event file written"
+    events = EventAccumulator(str(event_files[0].parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("loss", "mlm_loss", "mpm_loss", "tia_loss", "weight_mlm", "weight_mpm", "weight_tia"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert [event.step for event in events.Scalars("tia_loss")] == [1, 2]
