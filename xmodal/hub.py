@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from transformers.dynamic_module_utils import custom_object_save
 
 from .training import atomic_directory
 
@@ -37,11 +38,18 @@ AUTO_MAPS: dict[str, dict[str, str]] = {
         "AutoModel": "modeling_map_ivr.MapIvrModel",
     },
 }
+# transformers has no Auto class for image-text retrieval (ViLT's `ViltForImageAndTextRetrieval` has none either), so
+# a retrieval folder maps only AutoConfig and AutoModel (its encoder, `bert.*`) and carries the code. The full class
+# loads with `FashionBertForImageTextRetrieval.from_pretrained(folder)` where xmodal is installed, and from the
+# folder's own code with `transformers.dynamic_module_utils.get_class_from_dynamic_module(
+# "modeling_fashionbert.FashionBertForImageTextRetrieval", folder).from_pretrained(folder)`.
 _MODEL_AUTO_CLASS = {
     "FashionBertModel": "AutoModel",
     "FashionBertForPreTraining": "AutoModelForPreTraining",
+    "FashionBertForImageTextRetrieval": None,
     "MapIvrModel": "AutoModel",
 }
+_BASE_AUTO_CLASSES = ("AutoConfig", "AutoModel")
 _PROCESSOR_AUTO_CLASS = {
     "FashionBertProcessor": "AutoProcessor",
     "FashionBertImageProcessor": "AutoImageProcessor",
@@ -50,13 +58,22 @@ _PROCESSOR_AUTO_CLASS = {
 
 
 def register_for_remote_code(model, processor=None) -> None:
-    """Mark the model, its config and processor for remote code, and write the full `auto_map` into the config."""
+    """
+    Mark the model, its config and processor for remote code, and write the full `auto_map` into the config.
+
+    A model without an Auto class of its own (`FashionBertForImageTextRetrieval`) is not registered: its folder's
+    `auto_map` lists only `AutoConfig` and `AutoModel` (the base encoder), and `save_model_folder` copies its code.
+    """
     model_type = model.config.model_type
     if model_type not in AUTO_MAPS or type(model).__name__ not in _MODEL_AUTO_CLASS:
         raise ValueError(f"no Hub auto-class mapping for {type(model).__name__} (model_type {model_type!r})")
     type(model.config).register_for_auto_class("AutoConfig")
-    type(model).register_for_auto_class(_MODEL_AUTO_CLASS[type(model).__name__])
-    model.config.auto_map = dict(AUTO_MAPS[model_type])
+    auto_class = _MODEL_AUTO_CLASS[type(model).__name__]
+    if auto_class is None:
+        model.config.auto_map = {k: v for k, v in AUTO_MAPS[model_type].items() if k in _BASE_AUTO_CLASSES}
+    else:
+        type(model).register_for_auto_class(auto_class)
+        model.config.auto_map = dict(AUTO_MAPS[model_type])
     if processor is not None:
         type(processor).register_for_auto_class(_PROCESSOR_AUTO_CLASS[type(processor).__name__])
         image_processor = getattr(processor, "image_processor", None)
@@ -81,6 +98,9 @@ def save_model_folder(
     register_for_remote_code(model, processor)
     with atomic_directory(output_dir) as folder:
         model.save_pretrained(folder, safe_serialization=True)
+        if _MODEL_AUTO_CLASS[type(model).__name__] is None:
+            # save_pretrained copies only registered classes' code: add the model's file (and its siblings).
+            custom_object_save(model, folder)
         if processor is not None:
             processor.save_pretrained(folder)
         if eval_results is not None:
