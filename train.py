@@ -51,7 +51,7 @@ from xmodal.data.preprocessing import add_fashionbert_inputs
 from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
 from xmodal.hub import build_model_card, create_hub_repo, push_folder_to_hub, save_model_folder
-from xmodal.training import checkpoint_step, list_checkpoints, resolve_checkpoint, save_checkpoint
+from xmodal.training import checkpoint_step, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 
 logger = get_logger(__name__)
 
@@ -259,7 +259,7 @@ def evaluation_split(raw: datasets.DatasetDict) -> str:
 def build_fashionbert(args: argparse.Namespace):
     """FashionBERT from a saved FashionBERT folder, or a new one around a pretrained BERT; and its processor."""
     if args.model_name_or_path:
-        model = FashionBertForPreTraining.from_pretrained(args.model_name_or_path)
+        model = FashionBertForPreTraining.from_pretrained(args.model_name_or_path, use_safetensors=True)
         processor = FashionBertProcessor.from_pretrained(args.model_name_or_path)
         return model, processor
     config = FashionBertConfig.from_text_config(
@@ -271,7 +271,7 @@ def build_fashionbert(args: argparse.Namespace):
         task_weighting=args.task_weighting,
         mpm_kl_direction=args.mpm_kl_direction,
     )
-    model = FashionBertForPreTraining.from_pretrained(args.text_model_name_or_path, config=config)
+    model = FashionBertForPreTraining.from_pretrained(args.text_model_name_or_path, config=config, use_safetensors=True)
     if args.patch_encoder_name_or_path:
         model.bert.load_patch_encoder_weights(args.patch_encoder_name_or_path)
     image_processor = FashionBertImageProcessor(image_size=args.image_size, patch_grid=args.patch_grid)
@@ -303,7 +303,7 @@ def build_map_ivr(args: argparse.Namespace, train_split: datasets.Dataset):
         arrays["image_features"], arrays["video_features"], proposal_mask=arrays["proposal_mask"]
     )
     if args.model_name_or_path:
-        return MapIvrModel.from_pretrained(args.model_name_or_path), feature_extractor
+        return MapIvrModel.from_pretrained(args.model_name_or_path, use_safetensors=True), feature_extractor
     label_feature = train_split.features["label"]
     num_labels = getattr(label_feature, "num_classes", None) or int(arrays["labels"].max()) + 1
     overrides = {name: getattr(args, name) for name in ("num_samples", "lambda_v") if getattr(args, name) is not None}
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
             model, processor = build_map_ivr(args, train_dataset)
             collator = MapIvrCollator(processor)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
 
     train_dataloader = DataLoader(
         train_dataset.with_format("numpy"),
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info("No checkpoint in %s: starting from scratch", args.output_dir)
         else:
             accelerator.print(f"Resumed from checkpoint: {checkpoint}")
-            accelerator.load_state(str(checkpoint))
+            load_checkpoint(accelerator, checkpoint)  # safetensors weights, weights_only=True state pickles
             completed_steps = checkpoint_step(checkpoint)
             starting_epoch = completed_steps // updates_per_epoch
             resume_step = (completed_steps % updates_per_epoch) * args.gradient_accumulation_steps
@@ -470,6 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_started = time.monotonic()
     out_of_time = False
     for epoch in range(starting_epoch, args.num_train_epochs):
+        if completed_steps >= args.max_train_steps:  # resumed from the last step's checkpoint: nothing left to train
+            break
         model.train()
         train_dataloader.set_epoch(epoch)
         active_dataloader = train_dataloader

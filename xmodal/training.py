@@ -1,13 +1,21 @@
-"""Pieces of the training loop that train.py imports: crash-safe checkpoints and folder writes.
+"""Pieces of the training loop that train.py imports: crash-safe checkpoints and folder writes, safe resuming.
 
 A checkpoint or output folder is first written under a temporary name beside its final one, flushed to disk, then
-renamed in one step, so a run killed mid-write never leaves a half-written folder under the final name: `latest`
-only ever finds complete checkpoints.
+renamed in one step, so a run killed mid-write never leaves a half-written folder under the final name. A checkpoint
+also carries a manifest (`checkpoint_complete.json`: its step and the size of every file), written last: a `step_<N>`
+folder without it, or whose files do not match it (an interrupted copy or download), is never picked as `latest` and
+is refused by name when given explicitly.
+
+Resuming (`load_checkpoint`) reads model weights only from safetensors, and the optimizer, scheduler and RNG states
+(pickles written by `accelerate`) only with `torch.load(weights_only=True)`, which rebuilds tensors, numbers, strings
+and containers but never calls arbitrary code: a checkpoint downloaded from the Hub cannot run anything on load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -15,17 +23,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "CHECKPOINT_MANIFEST",
     "CHECKPOINT_PREFIX",
     "atomic_directory",
+    "checkpoint_problem",
     "checkpoint_step",
     "list_checkpoints",
+    "load_checkpoint",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_MANIFEST = "checkpoint_complete.json"
 _TEMPORARY_PREFIX = ".tmp-"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def _fsync_directory(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename in it) to disk."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -34,11 +57,7 @@ def _fsync_tree(path: Path) -> None:
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
                 os.fsync(handle.fileno())
-        directory = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _fsync_directory(root)
 
 
 @contextlib.contextmanager
@@ -57,15 +76,9 @@ def atomic_directory(final_path: str | os.PathLike, overwrite: bool = True) -> I
     try:
         yield temporary
         _fsync_tree(temporary)
-        if final_path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{final_path} already exists")
-            previous = final_path.parent / f"{_TEMPORARY_PREFIX}{final_path.name}-old-{os.getpid()}"
-            os.replace(final_path, previous)
-            os.replace(temporary, final_path)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(temporary, final_path)
+        if final_path.exists() and not overwrite:
+            raise FileExistsError(f"{final_path} already exists")
+        _replace_directory(temporary, final_path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -79,17 +92,68 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
+def _write_manifest(folder: Path, step: int) -> None:
+    """The manifest, written last: the step and the size in bytes of every file the checkpoint holds."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root, name)
+            files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """
+    Why the checkpoint folder `path` is not complete, or None when it is: its manifest is missing or unreadable,
+    names another step, or lists a file that is missing or has another size (a truncated copy or download).
+    """
+    path = Path(path)
+    manifest_path = path / CHECKPOINT_MANIFEST
+    if not manifest_path.is_file():
+        return f"{path}: no {CHECKPOINT_MANIFEST} (an interrupted write or copy)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        step, files = manifest["step"], manifest["files"]
+        if not isinstance(files, dict) or not isinstance(step, int):
+            raise TypeError("unexpected manifest layout")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"{path}: unreadable {CHECKPOINT_MANIFEST} ({type(error).__name__}: {error})"
+    if _CHECKPOINT_NAME.match(path.name) and step != checkpoint_step(path):
+        return f"{path}: {CHECKPOINT_MANIFEST} is for step {step}"
+    for name, size in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{path}: {name} is missing"
+        if file.stat().st_size != size:
+            return f"{path}: {name} has {file.stat().st_size} bytes, the manifest says {size} (truncated?)"
+    return None
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under `output_dir`, oldest first (temporary, half-written folders are never listed)."""
+    """
+    Complete checkpoints under `output_dir`, oldest first. Temporary folders are never listed, nor `step_<N>`
+    folders that fail `checkpoint_problem` (each is logged as a warning).
+    """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_NAME.match(p.name)]
+    found = []
+    for path in output_dir.iterdir():
+        if not (path.is_dir() and _CHECKPOINT_NAME.match(path.name)):
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None:
+            found.append(path)
+        else:
+            logger.warning("Ignoring incomplete checkpoint %s", problem)
     return sorted(found, key=checkpoint_step)
 
 
 def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str | os.PathLike) -> Path | None:
-    """`"latest"` -> the newest complete checkpoint in `output_dir` (None when there is none); else that path."""
+    """
+    `"latest"` -> the newest complete checkpoint in `output_dir` (None when there is none); else that path, which
+    must be a complete checkpoint folder (ValueError naming the problem otherwise).
+    """
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
@@ -97,12 +161,40 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str | os.PathLik
     if not path.is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {resume_from_checkpoint}: no such checkpoint folder")
     checkpoint_step(path)  # validates the name
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint: incomplete checkpoint, {problem}")
     return path
+
+
+def _replace_directory(source: Path, destination: Path) -> None:
+    """
+    Renames `source` to `destination` and flushes the rename; an existing `destination` is first renamed aside, then
+    removed once the new folder is in place (a kill between the two renames leaves both under temporary names).
+    """
+    if destination.exists():
+        previous = destination.parent / f"{_TEMPORARY_PREFIX}{destination.name}-old-{os.getpid()}"
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(destination, previous)
+        os.replace(source, destination)
+        shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(source, destination)
+    _fsync_directory(destination.parent)
+
+
+def _remove_directory(path: Path) -> None:
+    """Removes a folder by renaming it to a temporary name first: a kill mid-removal leaves no partial `step_<N>`."""
+    doomed = path.parent / f"{_TEMPORARY_PREFIX}{path.name}-removed-{os.getpid()}"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
     """
-    `accelerator.save_state` into `output_dir/step_<step>`, atomically; keeps the newest `total_limit` checkpoints.
+    `accelerator.save_state` into `output_dir/step_<step>`, atomically, with its manifest; keeps the newest
+    `total_limit` checkpoints.
 
     Every process must call it (accelerate gathers state from all of them); only the main process renames.
     """
@@ -115,11 +207,44 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _write_manifest(temporary, step)
         _fsync_tree(temporary)
-        shutil.rmtree(final_path, ignore_errors=True)
-        os.replace(temporary, final_path)
+        _replace_directory(temporary, final_path)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_directory(old)
     accelerator.wait_for_everyone()
     return final_path
+
+
+def load_checkpoint(accelerator, checkpoint: str | os.PathLike) -> None:
+    """
+    `accelerator.load_state(checkpoint)` for a complete checkpoint, without unpickling anything unsafe.
+
+    The model weights must be safetensors (`model*.safetensors`; a checkpoint with `pytorch_model*.bin` instead is
+    refused), and the pickled optimizer / scheduler / RNG states are read with `weights_only=True` (accelerate's
+    default, made explicit here): a pickle that names any other global raises `pickle.UnpicklingError` before any of
+    it runs. This process's RNG state file is read first, the same way, and must load: accelerate would otherwise
+    skip an unreadable one silently, and the resumed run would draw other random numbers than the uninterrupted one.
+
+    Raises:
+        ValueError: an incomplete checkpoint, pickled (non-safetensors) model weights, or a missing RNG state.
+        pickle.UnpicklingError: a state pickle that holds anything but tensors, numbers, strings, containers and
+            numpy arrays.
+    """
+    from accelerate.utils import load as weights_only_load
+    checkpoint = Path(checkpoint)
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise ValueError(f"cannot resume: incomplete checkpoint, {problem}")
+    pickled_weights = sorted(p.name for p in checkpoint.glob("pytorch_model*.bin"))
+    if pickled_weights or not any(checkpoint.glob("model*.safetensors")):
+        raise ValueError(
+            f"cannot resume from {checkpoint}: model weights must be safetensors (model.safetensors), found "
+            f"{pickled_weights or 'no model weights'}"
+        )
+    rng_state = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    if not rng_state.is_file():
+        raise ValueError(f"cannot resume from {checkpoint}: {rng_state.name} (this process's RNG state) is missing")
+    weights_only_load(rng_state, weights_only=True)  # raises where accelerate would only log "Could not load"
+    accelerator.load_state(str(checkpoint), load_kwargs={"weights_only": True})

@@ -378,8 +378,14 @@ def decode_fashiongen_text(value) -> str:
     return str(value).strip()
 
 
-def _inspect_fashiongen_h5(path: str) -> tuple[int, dict[str, str]]:
-    """Validates the file's schema; returns (num_rows, {role: key present})."""
+# What h5py raises on a corrupt file (damaged headers, heaps, B-trees or chunks): the HDF5 library's errors come
+# through as OSError, KeyError, RuntimeError, TypeError or ValueError depending on where the damage is met.
+_HDF5_ERRORS = (OSError, KeyError, RuntimeError, TypeError, ValueError)
+
+
+def _inspect_fashiongen_h5(path: str) -> tuple[int, dict[str, str], tuple[int, ...]]:
+    """Validates the file's schema; returns (num_rows, {role: key present}, shape of one image). Every failure is a
+    ValueError naming the file (a corrupt file's h5py errors included)."""
     import h5py
 
     if not os.path.isfile(path):
@@ -388,46 +394,69 @@ def _inspect_fashiongen_h5(path: str) -> tuple[int, dict[str, str]]:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise ValueError(f"{path!r} is not a readable HDF5 file: {error}") from error
-    with handle as h5:
-        keys = set(h5.keys())
-        present = {role: key for role, key in FASHIONGEN_KEYS.items() if key in keys}
-        for role in _FASHIONGEN_REQUIRED:
-            if role not in present:
-                raise ValueError(
-                    f"{path!r}: missing key {FASHIONGEN_KEYS[role]!r} (required); keys present: {sorted(keys)}"
-                )
-        images = h5[present["image"]]
-        if not isinstance(images, h5py.Dataset) or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            shape = getattr(images, "shape", None)
-            dtype = getattr(images, "dtype", None)
+    try:
+        with handle as h5:
+            return _inspect_open_fashiongen_h5(path, h5)
+    except ValueError as error:
+        if str(error).startswith(repr(path)):
+            raise  # ours: it names the file and key already
+        raise ValueError(f"{path!r}: corrupt HDF5 file ({type(error).__name__}: {error})") from error
+    except _HDF5_ERRORS as error:
+        raise ValueError(f"{path!r}: corrupt HDF5 file ({type(error).__name__}: {error})") from error
+
+
+def _inspect_open_fashiongen_h5(path: str, h5) -> tuple[int, dict[str, str], tuple[int, ...]]:
+    """The schema checks of `_inspect_fashiongen_h5` on the open file."""
+    import h5py
+
+    keys = {key if isinstance(key, str) else repr(key) for key in h5.keys()}
+    present = {role: key for role, key in FASHIONGEN_KEYS.items() if key in keys}
+    for role in _FASHIONGEN_REQUIRED:
+        if role not in present:
             raise ValueError(
-                f"{path!r}: key {present['image']!r} must be a (N, H, W, 3) uint8 array, got shape {shape} dtype {dtype}"
+                f"{path!r}: missing key {FASHIONGEN_KEYS[role]!r} (required); keys present: {sorted(keys)}"
             )
-        num_rows = images.shape[0]
-        for role, key in present.items():
-            if role == "image":
-                continue
-            data = h5[key]
-            if not isinstance(data, h5py.Dataset) or data.ndim not in (1, 2) or (data.ndim == 2 and data.shape[1] != 1):
-                raise ValueError(
-                    f"{path!r}: key {key!r} must have shape (N,) or (N, 1), got {getattr(data, 'shape', type(data).__name__)}"
-                )
-            if data.shape[0] != num_rows:
-                raise ValueError(
-                    f"{path!r}: key {key!r} has {data.shape[0]} rows but {present['image']!r} has {num_rows}"
-                )
-            kind = data.dtype.kind
-            allowed = "SOUiu" if role == "product_id" else "SOU"
-            if kind not in allowed:
-                raise ValueError(f"{path!r}: key {key!r} must hold strings, got dtype {data.dtype}")
-        for role in ("subcategory", "category"):
-            if role not in present:
-                logger.warning("%r has no %r key: %s unknown.", path, FASHIONGEN_KEYS[role], role)
-    return num_rows, present
+    images = h5[present["image"]]
+    if not isinstance(images, h5py.Dataset) or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", None)
+        raise ValueError(
+            f"{path!r}: key {present['image']!r} must be a (N, H, W, 3) uint8 array, got shape {shape} dtype {dtype}"
+        )
+    num_rows = images.shape[0]
+    pixels = int(images.shape[1]) * int(images.shape[2])
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{path!r}: key {present['image']!r} holds {images.shape[1]}x{images.shape[2]} images, over Pillow's "
+            f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"
+        )
+    for role, key in present.items():
+        if role == "image":
+            continue
+        data = h5[key]
+        if not isinstance(data, h5py.Dataset) or data.ndim not in (1, 2) or (data.ndim == 2 and data.shape[1] != 1):
+            raise ValueError(
+                f"{path!r}: key {key!r} must have shape (N,) or (N, 1), got {getattr(data, 'shape', type(data).__name__)}"
+            )
+        if data.shape[0] != num_rows:
+            raise ValueError(
+                f"{path!r}: key {key!r} has {data.shape[0]} rows but {present['image']!r} has {num_rows}"
+            )
+        kind = data.dtype.kind
+        allowed = "SOUiu" if role == "product_id" else "SOU"
+        if kind not in allowed:
+            raise ValueError(f"{path!r}: key {key!r} must hold strings, got dtype {data.dtype}")
+    for role in ("subcategory", "category"):
+        if role not in present:
+            logger.warning("%r has no %r key: %s unknown.", path, FASHIONGEN_KEYS[role], role)
+    return num_rows, present, tuple(int(size) for size in images.shape[1:])
 
 
 def _fashiongen_rows(path: str, ranges: list, present: dict, signature: str):
-    """Generator of canonical rows (+ problem column) from row ranges of a Fashion-Gen file."""
+    """Generator of canonical rows (+ problem column) from row ranges of a Fashion-Gen file.
+
+    A chunk that cannot be read (a corrupt compressed chunk, a damaged B-tree) is a ValueError naming the file, key
+    and rows; a row whose cells cannot be turned into a canonical row is a bad row (raise or skip, by its index)."""
     import h5py
 
     del signature  # only part of the cache fingerprint (file size and modification time)
@@ -437,27 +466,44 @@ def _fashiongen_rows(path: str, ranges: list, present: dict, signature: str):
             for role, key in present.items():
                 try:
                     chunk[role] = h5[key][start:stop]
-                except OSError as error:  # e.g. a corrupt compressed chunk
-                    raise ValueError(f"{path!r}: cannot read key {key!r} rows {start}-{stop - 1}: {error}") from error
+                except _HDF5_ERRORS as error:  # e.g. a corrupt compressed chunk
+                    raise ValueError(
+                        f"{path!r}: cannot read key {key!r} rows {start}-{stop - 1} "
+                        f"({type(error).__name__}: {error})"
+                    ) from error
             for k in range(stop - start):
-                row = start + k
-                problem = None
-                text = decode_fashiongen_text(chunk["text"][k])
-                if not text:
-                    problem = f"{path!r} key {present['text']!r} row {row}: empty description"
-                pid = _id_string(np.asarray(chunk["product_id"][k]).reshape(-1)[0])
-                buffer = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(chunk["image"][k]), "RGB").save(buffer, format="PNG", compress_level=1)
-                out = {
-                    "image": {"bytes": buffer.getvalue(), "path": None},
-                    "text": text,
-                    "subcategory": (decode_fashiongen_text(chunk["subcategory"][k]) or None) if "subcategory" in chunk else None,
-                    "product_id": pid,
-                    _PROBLEM: problem,
-                }
-                if "category" in present:
-                    out["category"] = decode_fashiongen_text(chunk["category"][k]) or None
-                yield out
+                try:
+                    yield _fashiongen_row(path, chunk, k, start + k, present)
+                except Exception as error:  # noqa: BLE001 - a damaged row is a bad row, whatever broke on it
+                    out = {"image": {"bytes": b"", "path": None}, "text": None, "subcategory": None,
+                           "product_id": None, _PROBLEM: f"{path!r} row {start + k}: cannot be read "
+                           f"({type(error).__name__}: {error})"}
+                    if "category" in present:
+                        out["category"] = None
+                    yield out
+
+
+def _fashiongen_row(path: str, chunk: dict, k: int, row: int, present: dict) -> dict:
+    """Row `k` of a chunk as a canonical row (+ problem column)."""
+    problem = None
+    text = decode_fashiongen_text(chunk["text"][k])
+    if not text:
+        problem = f"{path!r} key {present['text']!r} row {row}: empty description"
+    pid = _id_string(np.asarray(chunk["product_id"][k]).reshape(-1)[0])
+    if problem is None and pid is None:
+        problem = f"{path!r} key {present['product_id']!r} row {row}: missing product id"
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chunk["image"][k]), "RGB").save(buffer, format="PNG", compress_level=1)
+    out = {
+        "image": {"bytes": buffer.getvalue(), "path": None},
+        "text": text,
+        "subcategory": (decode_fashiongen_text(chunk["subcategory"][k]) or None) if "subcategory" in chunk else None,
+        "product_id": pid,
+        _PROBLEM: problem,
+    }
+    if "category" in present:
+        out["category"] = decode_fashiongen_text(chunk["category"][k]) or None
+    return out
 
 
 def load_fashiongen_h5(
@@ -485,7 +531,7 @@ def load_fashiongen_h5(
         on_bad_rows: "raise" or "skip" for rows with an empty description.
         cache_dir: `datasets` cache folder.
         num_proc: processes for the conversion (the file is sharded by row ranges).
-        chunk_size: rows read per h5py access.
+        chunk_size: rows read per h5py access (fewer when that many images would exceed ~128 MB).
         return_bad_rows: also return the list of skipped `BadRow`s.
 
     Returns:
@@ -493,18 +539,21 @@ def load_fashiongen_h5(
         or `(Dataset, bad_rows)`.
 
     Raises:
-        ValueError: a file that is not HDF5, a missing required key, a key of the wrong shape/dtype or
-            row count (each naming the file and key), or a bad row with `on_bad_rows="raise"`.
+        ValueError: a file that is not HDF5 or is corrupt (h5py's errors on damaged headers or chunks
+            included), a missing required key, a key of the wrong shape/dtype or row count, images over
+            Pillow's decompression-bomb pixel limit (each naming the file and key), or a bad row with
+            `on_bad_rows="raise"` (an empty description, a missing product id, a row that cannot be read).
     """
     import datasets
 
     if on_bad_rows not in ("raise", "skip"):
         raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
     path = os.path.abspath(path)
-    num_rows, present = _inspect_fashiongen_h5(path)
+    num_rows, present, image_shape = _inspect_fashiongen_h5(path)
     features = fashion_row_features("category" in present)
     features["image"] = datasets.Image(decode=False)
     features[_PROBLEM] = datasets.Value("string")
+    chunk_size = max(1, min(chunk_size, 2**27 // max(1, int(np.prod(image_shape)))))  # <= ~128 MB of pixels a read
     ranges = [(s, min(s + chunk_size, num_rows)) for s in range(0, num_rows, chunk_size)]
     stat = os.stat(path)
     try:

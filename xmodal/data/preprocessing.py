@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from datasets import Array2D, Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
 
-__all__ = ["add_fashionbert_inputs", "patch_encoder_fingerprint"]
+__all__ = ["add_fashionbert_inputs", "patch_encoder_fingerprint", "truncated_caption_rows"]
+
+logger = logging.getLogger(__name__)
 
 _KEPT_COLUMNS = ("text", "product_id", "subcategory", "category")
 
@@ -45,7 +49,8 @@ def add_fashionbert_inputs(
     desc: str = "Tokenising captions and encoding patches",
 ) -> Dataset:
     """
-    Adds `input_ids` (the caption as `[CLS] text [SEP]` WordPiece ids, truncated to `max_text_length`) and
+    Adds `input_ids` (the caption as `[CLS] text [SEP]` WordPiece ids, truncated to `max_text_length`; how many
+    captions were truncated, and which, is logged as a warning, see `truncated_caption_rows`) and
     `patch_features` (num_patches, patch_feature_dim) float32, computed once per image by the model's frozen
     patch encoder, to rows with `image` and `text`. Keeps `text`, `product_id`, `subcategory` (and `category`);
     drops the image and the other columns.
@@ -94,7 +99,7 @@ def add_fashionbert_inputs(
             "patch_features": patches.float().cpu().numpy().astype(np.float32),
         }
 
-    return dataset.map(
+    encoded = dataset.map(
         encode,
         batched=True,
         batch_size=batch_size,
@@ -104,3 +109,27 @@ def add_fashionbert_inputs(
         new_fingerprint=fingerprint,
         desc=desc,
     )
+    truncated = truncated_caption_rows(encoded, processor.tokenizer, max_text_length)
+    if truncated:  # also when the features came from the cache
+        shown = ", ".join(str(row) for row in truncated[:10])
+        logger.warning(
+            "%d of %d captions are longer than max_text_length=%d tokens ([CLS] and [SEP] included) and were "
+            "truncated (rows %s%s); raise max_text_length to keep them whole.",
+            len(truncated), len(encoded), max_text_length, shown, ", ..." if len(truncated) > 10 else "",
+        )
+    return encoded
+
+
+def truncated_caption_rows(dataset: Dataset, tokenizer, max_text_length: int) -> list[int]:
+    """
+    Rows of an `add_fashionbert_inputs` dataset whose caption (`text`) did not fit into `max_text_length` tokens.
+    Only rows whose `input_ids` fill the budget are tokenised again, untruncated, to tell a caption that fits
+    exactly from one that was cut.
+    """
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    candidates = np.flatnonzero(lengths >= max_text_length).tolist()
+    if not candidates:
+        return []
+    texts = dataset.select(candidates)["text"]
+    full = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return [row for row, ids in zip(candidates, full) if len(ids) > max_text_length]

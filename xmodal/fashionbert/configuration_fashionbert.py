@@ -22,6 +22,23 @@ PATCH_FEATURE_MODES = ("crop", "grid")
 MPM_KL_DIRECTIONS = ("paper", "code")
 TASK_WEIGHTINGS = ("gradient", "loss_softmax", "fixed")
 
+# Ceilings on sizes, far above any real model (bert-large: 30522 words, 1024 hidden, 24 layers; the paper's images:
+# 256 pixels in 8x8 patches): a malicious or corrupt config.json is refused before a model allocates its weights.
+MAX_FIELD_VALUES = {
+    "vocab_size": 2**21,
+    "hidden_size": 2**16,
+    "num_hidden_layers": 2**10,
+    "num_attention_heads": 2**12,
+    "intermediate_size": 2**18,
+    "max_position_embeddings": 2**20,
+    "type_vocab_size": 2**10,
+    "image_size": 2**14,
+    "patch_grid": 2**8,
+    "patch_crop_size": 2**12,
+    "mlm_max_predictions": 2**20,
+}
+MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
+
 # The fields a BERT config owns (on top of `PreTrainedConfig`'s common ones): copied 1:1 by `from_text_config`.
 _PRETRAINED_CONFIG_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
 BERT_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in _PRETRAINED_CONFIG_FIELDS)
@@ -37,7 +54,10 @@ class FashionBertConfig(PreTrainedConfig):
 
     Every BERT field has BERT's name and default, so a BERT config maps onto it 1:1
     (see [`~FashionBertConfig.from_text_config`]) and a BERT checkpoint's weights load into `bert.*`.
-    Invalid values fail at construction with a `ValueError` naming the field.
+    Invalid values fail at construction with a `ValueError` naming the field: wrong types (strict dataclass
+    validation), values out of range, sizes above `MAX_FIELD_VALUES`, and sizes that together would make a model of
+    more than `MAX_PARAMETERS` parameters (estimated from the sizes, the patch encoder included), so a malicious
+    `config.json` is refused before any weight is allocated.
 
     BERT fields (as in `transformers.BertConfig`):
         vocab_size (`int`, defaults to 30522): WordPiece vocabulary size.
@@ -238,6 +258,12 @@ class FashionBertConfig(PreTrainedConfig):
             if value not in choices:
                 errors.append(f"`{name}` must be one of {list(choices)}, got {value!r}.")
 
+        for name, ceiling in MAX_FIELD_VALUES.items():
+            value = getattr(self, name)
+            if value is not None and value > ceiling:
+                errors.append(f"`{name}` is {value}, above the ceiling of {ceiling} (a corrupt or malicious config?).")
+        if errors:
+            return errors
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             positive(name)
         positive("max_position_embeddings")
@@ -284,6 +310,12 @@ class FashionBertConfig(PreTrainedConfig):
                     f"produces {self.expected_patch_feature_dim}-d features; leave it None to derive it."
                 )
 
+        if not errors and self._estimated_num_parameters() > MAX_PARAMETERS:
+            errors.append(
+                f"`hidden_size`, `num_hidden_layers`, `vocab_size` and the patch sizes make a model of about "
+                f"{self._estimated_num_parameters():.3g} parameters, above the ceiling of {MAX_PARAMETERS:.3g} "
+                "(a corrupt or malicious config?)."
+            )
         probability("mlm_probability")
         probability("mpm_probability")
         if self.mlm_max_predictions is not None and self.mlm_max_predictions < 1:
@@ -291,6 +323,26 @@ class FashionBertConfig(PreTrainedConfig):
         one_of("mpm_kl_direction", MPM_KL_DIRECTIONS)
         one_of("task_weighting", TASK_WEIGHTINGS)
         return errors
+
+    def _estimated_num_parameters(self) -> int:
+        """
+        The parameter count of `FashionBertForPreTraining` from the sizes alone (nothing is allocated): exact for the
+        pixel patch encoder; the ResNet's part is an upper bound (two 3x3 convolutions per block at the wider width).
+        """
+        hidden, intermediate, feature_dim = self.hidden_size, self.intermediate_size, self.expected_patch_feature_dim
+        embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * hidden
+        patch_embeddings = (feature_dim + self.num_patches + 2) * hidden
+        layer = 4 * (hidden + 1) * hidden + 2 * hidden * intermediate + intermediate + 5 * hidden
+        pooler = (hidden + 1) * hidden
+        heads = (hidden + 3) * hidden + self.vocab_size + 2 * (hidden + 1) + (hidden + 1) * feature_dim
+        total = embeddings + patch_embeddings + self.num_hidden_layers * layer + pooler + heads
+        if self.patch_encoder_type == "resnet":
+            resnet = self.patch_encoder_config
+            widths = [resnet.embedding_size, *resnet.hidden_sizes]
+            total += 49 * 3 * resnet.embedding_size + sum(
+                depth * 2 * 9 * max(a, b) ** 2 for depth, a, b in zip(resnet.depths, widths, widths[1:])
+            )
+        return total
 
     @classmethod
     def from_text_config(

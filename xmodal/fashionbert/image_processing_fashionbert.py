@@ -213,6 +213,14 @@ class FashionBertImageProcessor(PilBackend):
 
     # ------------------------------------------------------------------ inputs
 
+    def fetch_images(self, image_url_or_urls: Any) -> Any:
+        """
+        Returns the inputs unchanged (`FashionBertProcessor` calls this before preprocessing): `process_image` opens
+        paths and URLs itself, so a bad one is an error naming its item (`images[1]`), and a string is never read as
+        base64 image data as transformers' `load_image` would.
+        """
+        return image_url_or_urls
+
     def _prepare_images_structure(self, images: Any, expected_ndims: int = 3) -> list:
         """Flatten the input into a list of single images (a list/tuple of images, or a 4-D array = a batch)."""
         if isinstance(images, (list, tuple)):

@@ -13,6 +13,10 @@ Text defaults (each can be overridden per call): `padding=True` (to the longest 
 (512 positions = 448 text tokens + 64 patches); the released EasyTransfer code used 64 text tokens
 (`FashionBertProcessor(..., max_text_length=64)` reproduces it). Text-only calls (`processor(text=...)`) return only
 the text fields, image-only calls (`processor(images=...)`) only `pixel_values` and `patch_mask`.
+
+`text` must be a string or a non-empty list of strings; anything else is a `ValueError` naming the item
+(`text[2] is NoneType`). An empty or whitespace-only string is valid and encodes as `[CLS] [SEP]` (the dataset loaders
+reject such captions as bad rows; the processor leaves that choice to the caller).
 """
 
 from transformers import AutoTokenizer
@@ -55,6 +59,8 @@ class FashionBertProcessor(ProcessorMixin):
         (when text is given) and `pixel_values`, `patch_mask` (when images are given). When both are given, row i
         pairs `images[i]` with `text[i]`, so their counts must match.
         """
+        if text is not None:
+            _check_text(text)
         if images is not None and text is not None:
             num_texts = 1 if isinstance(text, str) else len(text)
             num_images = _count_images(images)
@@ -84,6 +90,19 @@ class FashionBertProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "token_type_ids", "attention_mask", "pixel_values", "patch_mask"]
+
+
+def _check_text(text) -> None:
+    """`text` must be a string or a non-empty list/tuple of strings; the error names the offending item."""
+    if isinstance(text, str):
+        return
+    if not isinstance(text, (list, tuple)):
+        raise ValueError(f"`text` must be a string or a list of strings, got {type(text).__name__}.")
+    if len(text) == 0:
+        raise ValueError("`text` is an empty list: pass at least one string.")
+    for index, item in enumerate(text):
+        if not isinstance(item, str):
+            raise ValueError(f"text[{index}] is {type(item).__name__} ({item!r:.40}), not a string.")
 
 
 def _count_images(images) -> int:

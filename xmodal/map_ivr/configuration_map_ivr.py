@@ -6,6 +6,22 @@ from transformers import PreTrainedConfig
 
 __all__ = ["MapIvrConfig"]
 
+# Ceilings on sizes, far above any real setting (APIVR: 4096-d features, 18 classes, h = 10): a malicious or corrupt
+# config.json is refused before a model allocates its weights or `score` its h-expanded intermediates.
+MAX_FIELD_VALUES = {
+    "image_feature_dim": 2**20,
+    "video_feature_dim": 2**20,
+    "appearance_dim": 2**16,
+    "motion_dim": 2**16,
+    "latent_dim": 2**16,
+    "proposal_top_k": 2**16,
+    "num_samples": 2**16,
+    "score_chunk_size": 2**16,
+    "num_labels": 2**20,
+}
+MAX_HIDDEN_LAYERS = 64  # entries of `encoder_hidden_sizes` / `decoder_hidden_sizes`, each at most 2**16 wide
+MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
+
 
 @strict
 class MapIvrConfig(PreTrainedConfig):
@@ -22,6 +38,11 @@ class MapIvrConfig(PreTrainedConfig):
     figure's VGG-16 fc7 gives 4096-d). Everything else (layer sizes, activation, dropout, loss
     forms and weights, h, lambda_v, top-k) is a **default of this project**: the paper's text
     is not available, so these are configurable and swept by the benchmarks.
+
+    Invalid values raise at construction, naming the field: wrong types (strict dataclass
+    validation), values out of range, sizes above `MAX_FIELD_VALUES` / `MAX_HIDDEN_LAYERS`, and
+    sizes that together make a model of more than `MAX_PARAMETERS` parameters, so a malicious
+    `config.json` is refused before any weight is allocated.
 
     Args:
         image_feature_dim (`int`, defaults to 4096):
@@ -125,6 +146,7 @@ class MapIvrConfig(PreTrainedConfig):
         self._check_values()
 
     def _check_values(self):
+        self._check_sizes()
         for name in (
             "image_feature_dim",
             "video_feature_dim",
@@ -169,3 +191,39 @@ class MapIvrConfig(PreTrainedConfig):
 
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"`hidden_act` must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
+
+    def _check_sizes(self):
+        """Refuses sizes above the ceilings (module constants) before anything is allocated."""
+        for name, ceiling in MAX_FIELD_VALUES.items():
+            value = getattr(self, name)
+            if value is not None and value > ceiling:
+                raise ValueError(
+                    f"`{name}` is {value}, above the ceiling of {ceiling} (a corrupt or malicious config?)"
+                )
+        for name in ("encoder_hidden_sizes", "decoder_hidden_sizes"):
+            sizes = getattr(self, name)
+            if len(sizes) > MAX_HIDDEN_LAYERS or any(size > 2**16 for size in sizes):
+                raise ValueError(
+                    f"`{name}` must have at most {MAX_HIDDEN_LAYERS} sizes of at most {2**16}, got {len(sizes)} sizes "
+                    f"up to {max(sizes, default=0)} (a corrupt or malicious config?)"
+                )
+        if self._estimated_num_parameters() > MAX_PARAMETERS:
+            raise ValueError(
+                f"the sizes make a model of about {self._estimated_num_parameters():.3g} parameters, above the ceiling "
+                f"of {MAX_PARAMETERS:.3g} (a corrupt or malicious config?)"
+            )
+
+    def _estimated_num_parameters(self) -> int:
+        """The model's parameter count from the sizes alone (weights and biases of every linear layer)."""
+
+        def mlp(in_features, hidden, out_features):
+            sizes = [in_features, *hidden, out_features]
+            return sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+
+        encoders = mlp(self.image_feature_dim, self.encoder_hidden_sizes, self.appearance_dim)
+        encoders += mlp(self.video_feature_dim, self.encoder_hidden_sizes, self.appearance_dim)
+        encoders += mlp(self.video_feature_dim, self.encoder_hidden_sizes, self.motion_dim)
+        motion = 2 * (self.motion_dim + 1) * self.latent_dim
+        decoder = mlp(self.latent_dim + self.appearance_dim, self.decoder_hidden_sizes, self.video_feature_dim)
+        classifier = (self.appearance_dim + 1) * (self.num_labels or 0)
+        return encoders + motion + decoder + classifier
