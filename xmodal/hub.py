@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,15 @@ def save_model_folder(
     processor=None,
     eval_results: Mapping[str, Any] | None = None,
     model_card: ModelCard | None = None,
+    figures: Mapping[str, str | os.PathLike] | None = None,
 ) -> Path:
     """
     Writes a complete Hub-ready folder, atomically (a crash never leaves a half-written `output_dir`).
 
     Contents: `model.safetensors` (sharded when large) and `config.json` with its `auto_map`, the model folder's
-    code files, the processor / feature extractor (and tokenizer) files, `eval_results.json` when given and
-    `README.md` (the model card) when given.
+    code files, the processor / feature extractor (and tokenizer) files, `eval_results.json` when given,
+    `README.md` (the model card) when given, and `figures` (file name in the folder -> source file, e.g. the PNGs
+    the card shows).
     """
     register_for_remote_code(model, processor)
     with atomic_directory(output_dir) as folder:
@@ -107,6 +110,8 @@ def save_model_folder(
             (folder / "eval_results.json").write_text(json.dumps(eval_results, indent=2, sort_keys=True) + "\n")
         if model_card is not None:
             model_card.save(folder / "README.md")
+        for name, source in (figures or {}).items():
+            shutil.copyfile(source, folder / name)
     return Path(output_dir)
 
 

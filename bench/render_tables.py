@@ -1,0 +1,140 @@
+"""Markdown tables from the JSON results in bench/results/ (for the README).
+
+    python bench/render_tables.py                  # prints the tables and writes bench/results/TABLES.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def load_note(result: dict) -> str:
+    env = result.get("environment", {})
+    before, after = env.get("loadavg_before"), env.get("loadavg_after")
+    load = f", load average {before[0]:.1f} -> {after[0]:.1f}" if before and after else ""
+    quick = " `--quick` run (tiny sizes): not representative." if result.get("config", {}).get("quick") else ""
+    return f"_torch {env.get('torch', '?')}, {env.get('threads', '?')} CPU thread(s){load}.{quick}_"
+
+
+def goal(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+def random_scorers(r: dict) -> str:
+    rows = [[f"fashion {k}", f"{v:.3f}"] for k, v in sorted(r["fashion"].items())]
+    rows += [[f"activity {k}", f"{v:.4f}"] for k, v in sorted(r["activity"].items())]
+    return "### Chance level (random scorers)\n\n" + table(["metric", "random"], rows)
+
+
+def probe_activity_descriptor(r: dict) -> str:
+    video, image = r["video_features"], r["image_features"]
+    rows = [[f, f"{video[f]['accuracy']:.3f}", f"{image[f]['accuracy']:.3f}", f"{video[f]['chance']:.3f}"]
+            for f in video]
+    return "### Linear probes of the MAP-IVR descriptor\n\n" + table(["factor", "video", "image", "chance"], rows)
+
+
+def speed_fashionbert(r: dict) -> str:
+    c = r["config"]
+    rows = [[name, m["sequence_length"], f"{m['seconds_per_step_median'] * 1000:.0f}", f"{m['pairs_per_second']:.1f}",
+             f"{m['tokens_per_second']:.0f}", m["attn_implementation"]] for name, m in r["models"].items()]
+    ratio_bert = r["ratio_fashionbert_over_bert_pairs_per_second"]
+    ratio_vilt = r["ratio_fashionbert_over_vilt_pairs_per_second"]
+    return (
+        f"### Training throughput (forward + backward), {c.get('attn_implementation', 'sdpa')} attention for "
+        f"FashionBERT and BERT, hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
+        f"batch {c['batch_size']}, {c['text_length']} text tokens + {c['num_patches']} patches\n\n"
+        + table(["model", "tokens", "ms / step", "pairs / s", "tokens / s", "attention"], rows)
+        + f"\n\nFashionBERT / BERT: **{ratio_bert:.2f}x** (goal >= 0.95: {goal(r['goal_met']['vs_bert'])}); "
+        f"FashionBERT / ViLT: **{ratio_vilt:.2f}x** (goal > 1: {goal(r['goal_met']['vs_vilt'])}). {load_note(r)}"
+    )
+
+
+def speed_patch_features(r: dict) -> str:
+    c = r["config"]
+    rows = [[mode, f"{r['images_per_second'][mode]:.3f}", " x ".join(map(str, r["feature_shape_per_image"][mode]))]
+            for mode in ("grid", "crop")]
+    return (
+        f"### Patch features, ResNet-50, {c['image_size']}px images, 8x8 patches (crops at {c['patch_crop_size']}px)"
+        "\n\n" + table(["patch_feature_mode", "images / s", "features per image"], rows)
+        + f"\n\ngrid / crop: **{r['ratio_grid_over_crop']:.1f}x** (goal >= 30x: {goal(r['goal_met'])}). "
+        f"{load_note(r)}"
+    )
+
+
+def speed_retrieval_protocol(r: dict) -> str:
+    rows = []
+    for name, s in r["sizes"].items():
+        m, e = s["measured"], s["extrapolated_full_protocol"]
+        rows.append([name, f"{m['protocol_pairs_per_second']:.2f}", f"{m['naive_pairs_per_second']:.2f}",
+                     f"{m['speedup_protocol_over_naive']:.1f}x", f"{e['cached_hours']:.1f}", f"{e['naive_hours']:.1f}"])
+    c = r["config"]
+    return (
+        f"### Retrieval protocol speed ({c['num_products']} products, {c['num_queries']} queries x "
+        f"1 + {c['num_negatives']} candidates x 2 directions; ResNet-50 grid patch features)\n\n"
+        + table(["text encoder", "protocol pairs / s", "naive pairs / s", "speed-up",
+                 "full protocol, cached (h, extrapolated)", "full protocol, naive (h, extrapolated)"], rows)
+        + f"\n\nFull protocol = 202,000 pairs + {c['full_num_products']:,} images, **extrapolated** from the measured "
+        f"rates on the same CPU, not measured. {load_note(r)}"
+    )
+
+
+def speed_map_ivr_gallery(r: dict) -> str:
+    c = r["config"]
+    rows = []
+    for n, g in r["galleries"].items():
+        s, mem = g["seconds_median"], g["peak_extra_memory_mb_max"]
+        rows.append([f"{int(n):,}", f"{s['score']:.3f}", f"{s['bare_product']:.3f}", f"{s['naive_recompute']:.0f}",
+                     f"{s['naive_cached_loop']:.2f}", f"{g['score_over_bare_time']:.2f}x",
+                     f"{g['naive_recompute_over_score_time']:.0f}x", f"{g['naive_cached_loop_over_score_time']:.1f}x",
+                     f"{mem['score']:.0f}", f"{mem['bare_product']:.0f}"])
+    skipped = "".join(f"\n\nN = {s['num_videos']:,} not run: {s['reason']}." for s in r.get("skipped", []))
+    return (
+        f"### MAP-IVR gallery scoring, Q = {c['num_queries']} queries, h = {c['num_samples']} samples\n\n"
+        + table(["N videos", "score (s)", "bare mm (s)", "naive recompute (s, scaled)", "naive cached loop (s, scaled)",
+                 "score / bare", "naive recompute / score", "naive loop / score", "score peak MB",
+                 "bare peak MB"], rows)
+        + f"\n\nNaive loops timed on {c['naive_videos']} videos and scaled linearly to N. Goals: score within 2x of "
+        f"the bare product, >= 100x the naive loop.{skipped} {load_note(r)}"
+    )
+
+
+RENDERERS = {
+    "random_scorers": random_scorers,
+    "probe_activity_descriptor": probe_activity_descriptor,
+    "speed_fashionbert": speed_fashionbert,
+    "speed_patch_features": speed_patch_features,
+    "speed_retrieval_protocol": speed_retrieval_protocol,
+    "speed_map_ivr_gallery": speed_map_ivr_gallery,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="bench/results", help="Folder of the JSON results.")
+    parser.add_argument("--output", default="bench/results/TABLES.md", help="Markdown file written.")
+    args = parser.parse_args()
+    sections = []
+    for path in sorted(Path(args.results).glob("*.json")):
+        # A result saved under another name (e.g. speed_fashionbert_eager.json) uses its script's renderer.
+        prefixes = [name for name in RENDERERS if path.stem == name or path.stem.startswith(name + "_")]
+        render = RENDERERS[max(prefixes, key=len)] if prefixes else None
+        if render is None:
+            sections.append(f"### {path.stem}\n\n(no table renderer; see `{path}`)")
+            continue
+        try:
+            sections.append(render(json.loads(path.read_text())))
+        except (KeyError, TypeError, IndexError) as err:
+            sections.append(f"### {path.stem}\n\n(could not render `{path}`: missing field {err})")
+    text = "\n\n".join(sections) + "\n"
+    Path(args.output).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
