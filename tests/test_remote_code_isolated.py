@@ -40,7 +40,10 @@ from xmodal import (
     MapIvrFeatureExtractor,
     MapIvrModel,
 )
-from xmodal.hub import AUTO_MAPS, save_model_folder
+from xmodal.hub import AUTO_MAPS, push_folder_to_hub, save_model_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import local_hub  # noqa: E402, F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "black", "silk", "wool", "dress", "coat", "sleeve"]
@@ -234,8 +237,11 @@ def isolated_site(tmp_path_factory) -> Path:
     return target
 
 
-def run_child(script: str, site_dir: Path, mode: str, workdir: Path, *args: str) -> dict:
-    """Runs `script` with `python -I -S` in `workdir` (outside the repository); returns its JSON report."""
+def run_child(script: str, site_dir: Path, mode: str, workdir: Path, *args: str, hub=None) -> dict:
+    """
+    Runs `script` with `python -I -S` in `workdir` (outside the repository); returns its JSON report. Offline, or
+    talking only to the local Hub endpoint `hub` when given.
+    """
     assert REPO not in workdir.resolve().parents, "the child's working directory must be outside the repository"
     (workdir / f"{mode}.py").write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
@@ -247,6 +253,9 @@ def run_child(script: str, site_dir: Path, mode: str, workdir: Path, *args: str)
         HF_HUB_DISABLE_TELEMETRY="1",
         TOKENIZERS_PARALLELISM="false",
     )
+    if hub is not None:
+        env.update(HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_TOKEN=hub.token or "",
+                   NO_PROXY="127.0.0.1,localhost")  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-I", "-S", str(workdir / f"{mode}.py"), str(site_dir), mode, str(workdir), *args],
         cwd=workdir, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
@@ -371,7 +380,8 @@ def test_retrieval_folder_maps_config_and_encoder_and_carries_the_code(saved):
     assert type(AutoModel.from_pretrained(folder)) is FashionBertModel
 
 
-def test_saved_folders_load_and_run_with_remote_code_only(saved, isolated_site, tmp_path, one_thread):
+@pytest.mark.parametrize("source", ["folder", "hub_repo_id"])
+def test_saved_folders_load_and_run_with_remote_code_only(saved, isolated_site, tmp_path, one_thread, source, request):
     raw = raw_inputs()
     save_file(raw, tmp_path / "inputs.safetensors", metadata={"texts": json.dumps(TEXTS)})
     with safe_open(tmp_path / "inputs.safetensors", "pt") as f:
@@ -381,8 +391,19 @@ def test_saved_folders_load_and_run_with_remote_code_only(saved, isolated_site, 
     functions = "\n\n".join(inspect.getsource(f) for f in (run_fashionbert, run_map_ivr))
     script = CHILD_LOAD.replace("# PIPELINE FUNCTIONS", functions, 1)
     root = saved["root"]
-    folders = [str(root / name) for name in ("fashionbert", "fashionbert_retrieval", "map_ivr")]
-    report = run_child(script, isolated_site, "load", child, *folders, str(tmp_path / "inputs.safetensors"))
+    names = ("fashionbert", "fashionbert_retrieval", "map_ivr")
+    hub = None
+    if source == "folder":
+        sources = [str(root / name) for name in names]
+    else:  # the same folders pushed to the local Hub-compatible endpoint, loaded by repo id
+        hub = request.getfixturevalue("local_hub")
+        sources = [f"xmodal-tester/isolated-{name.replace('_', '-')}" for name in names]
+        for name, repo_id in zip(names, sources):
+            push_folder_to_hub(root / name, repo_id, token=hub.token)
+    report = run_child(script, isolated_site, "load", child, *sources, str(tmp_path / "inputs.safetensors"), hub=hub)
+    if hub is not None:
+        for repo_id in sources:  # the code came from the repository, not from a local folder
+            assert any(path.startswith(f"/{repo_id}/resolve/") and path.endswith(".py") for _, path, _ in hub.requests)
 
     assert_isolated(report, isolated_site)
     assert report["xmodal_modules"] == []
