@@ -104,6 +104,63 @@ def speed_map_ivr_gallery(r: dict) -> str:
     )
 
 
+def quality_map_ivr(r: dict) -> str:
+    c = r["config"]
+    ks = c["ks"]
+
+    def cell(summary: dict) -> str:
+        return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+    names = {"map_ivr": "MAP-IVR", "no_orth": "MAP-IVR without L_orth", "no_recon": "MAP-IVR without L_re",
+             "baseline": "baseline: one space, supervised InfoNCE"}
+    scores = {"s_a": "S_A", "s_v": "S_V", "s_all": "S_all", "cosine": "cosine distance"}
+    order = [f"{m}/{s}" for m in ("map_ivr", "no_orth", "no_recon") for s in ("s_a", "s_v", "s_all")]
+    rows = []
+    for key in sorted(r["rows"], key=lambda k: order.index(k) if k in order else len(order)):
+        metrics = r["rows"][key]
+        model, score = key.split("/")
+        rows.append([names.get(model, model), scores.get(score, score)] + [cell(metrics[f"mAP@{k}"]) for k in ks])
+    budget = (f"{len(c['seeds'])} seed(s) {c['seeds']}, {c['epochs']} epochs (train.py: {c['train_py_default_epochs']}), "
+              f"batch {c['batch_size']}, lr {c['learning_rate']}, {c['num_classes']} classes x {c['videos_per_class']} "
+              "videos per split")
+    parts = [
+        f"### MAP-IVR retrieval quality, synthetic activity test bed ({budget}; mean ± std over seeds; "
+        f"S_all with λ_v = {c['default_lambda_v']}, h = {c['default_num_samples']})\n\n"
+        + table(["model", "score"] + [f"mAP@{k}" for k in ks], rows)
+    ]
+    for k in (ks[0], ks[-1]):
+        grid_rows = [[f"h = {h}"] + [cell(r["grid"][f"h={h},lambda_v={lam}"][f"mAP@{k}"]) for lam in c["lambdas"]]
+                     for h in c["num_samples"]]
+        parts.append(f"#### S_all mAP@{k} over λ_v and h (full MAP-IVR, evaluation only)\n\n"
+                     + table(["h \\ λ_v"] + [str(lam) for lam in c["lambdas"]], grid_rows))
+    probes = r["probes"]
+    full = probes.get("map_ivr", probes)  # older results hold the full model's probes at the top level
+    no_orth = probes.get("no_orth")
+    codes = [(full, "v_bar", "v_bar (input)"), (full, "a_v", "a^v"), (full, "m_v", "m^v")]
+    if no_orth:
+        codes += [(no_orth, "a_v", "a^v, no L_orth"), (no_orth, "m_v", "m^v, no L_orth")]
+    if probes.get("untrained"):
+        codes.append((probes["untrained"], "m_v", "m^v, untrained init"))
+    for part, title in (("factor_dataset", f"generator factors, all drawn independently ({c['probe_samples']} clips, "
+                                           "70/30 split)"),
+                        ("test_split", "class label and within-class factors, test split (70/30 split)")):
+        first = full[part]["v_bar"]
+        probe_rows = [[factor] + [cell(source[part][code][factor]["accuracy"]) for source, code, _ in codes]
+                      + [f"{first[factor]['chance']:.3f}"] for factor in first]
+        parts.append(f"#### Linear probe accuracy of the video codes: {title}\n\n"
+                     + table(["factor"] + [name for _, _, name in codes] + ["majority chance"], probe_rows))
+    bounds = probes["class_accuracy_bounds"]
+    others = [(name, probes[key]) for key, name in (("no_orth", "without L_orth"), ("untrained", "untrained init"))
+              if probes.get(key)]
+    cosines = cell(full["mean_abs_cos_mv_av"]) + "".join(f"; {name}: {cell(p['mean_abs_cos_mv_av'])}" for name, p in others)
+    parts.append(f"Class accuracy reachable from the motion type alone: {bounds['motion_only']:.3f}; from the "
+                 f"appearance (shape, colour, texture) alone: {bounds['appearance_only']:.3f}. Mean |cos(m^v, a^v)| "
+                 f"on the test split: {cosines}. Baseline: this project's, two MLPs of "
+                 f"MAP-IVR's encoder size, InfoNCE with temperature {c['baseline_temperature']}. "
+                 f"Total time {r['seconds'] / 60:.1f} min. {load_note(r)}")
+    return "\n\n".join(parts)
+
+
 RENDERERS = {
     "random_scorers": random_scorers,
     "probe_activity_descriptor": probe_activity_descriptor,
@@ -111,6 +168,7 @@ RENDERERS = {
     "speed_patch_features": speed_patch_features,
     "speed_retrieval_protocol": speed_retrieval_protocol,
     "speed_map_ivr_gallery": speed_map_ivr_gallery,
+    "quality_map_ivr": quality_map_ivr,
 }
 
 
