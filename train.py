@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--image_size", type=int, default=None, help="Side of the square input image. Default: 256 (Fashion-Gen) for real data, 128 for the synthetic CPU demo.")
     model.add_argument("--patch_grid", type=int, default=8, help="The image is cut into patch_grid x patch_grid patches (paper: 8).")
     model.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens. Default: 64 (the released code; the paper used 448) for real data, 48 for the synthetic demo.")
+    model.add_argument(
+        "--alignment_pooling",
+        choices=["cls", "text_patch_product"],
+        default=None,
+        help="What the TIA head reads: 'cls' (paper: the pooled [CLS]) or 'text_patch_product' (this project's "
+        "addition: mean text state * mean patch state). Default: 'text_patch_product' with the packaged MiniLM (trained "
+        "with mean pooling, its [CLS] is not a sentence summary and the paper's head stays at chance within the demo's "
+        "budget), 'cls' with any other --text_model_name_or_path.",
+    )
     model.add_argument("--task_weighting", choices=["gradient", "loss_softmax", "fixed"], default="gradient", help="FashionBERT task weights: paper eq. 6 on gradient norms, the released code's loss softmax, or 1/3 each.")
     model.add_argument("--mpm_kl_direction", choices=["paper", "code"], default="paper", help="MPM loss: KL(pred||target) as in paper eq. 2, or KL(target||pred) as in the released code.")
     model.add_argument("--num_samples", type=int, default=None, help="MAP-IVR: h, motion codes sampled per query for S_V (default: the config's).")
@@ -210,6 +219,8 @@ def apply_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         args.max_train_minutes = 9.0  # the demo's budget: train 9 minutes, evaluate, save; ~15 minutes in all
     if args.text_model_name_or_path is None:
         args.text_model_name_or_path = packaged_bert()
+    if args.alignment_pooling is None:
+        args.alignment_pooling = "text_patch_product" if args.text_model_name_or_path == packaged_bert() else "cls"
     if args.patch_encoder_type == "resnet" and args.patch_encoder_name_or_path is None and args.model_name_or_path is None:
         warnings.warn("--patch_encoder_type resnet without --patch_encoder_name_or_path: a frozen CNN with random weights is nearly uninformative")
     if args.push_to_hub and args.hub_model_id is None:
@@ -273,6 +284,7 @@ def build_fashionbert(args: argparse.Namespace):
         patch_feature_mode=args.patch_feature_mode,
         task_weighting=args.task_weighting,
         mpm_kl_direction=args.mpm_kl_direction,
+        alignment_pooling=args.alignment_pooling,
     )
     model = FashionBertForPreTraining.from_pretrained(args.text_model_name_or_path, config=config, use_safetensors=True)
     if args.patch_encoder_name_or_path:
@@ -658,6 +670,7 @@ def model_card(args, model, results, dataset_description, steps, train_minutes, 
             patch_encoder=patch_encoder,
             task_weighting=model.config.task_weighting,
             mpm_kl_direction=model.config.mpm_kl_direction,
+            alignment_pooling=model.config.alignment_pooling,
             figures=[{"file": figure["file"], "caption": figure["caption"]} for figure in figures],
             **common,
         )

@@ -780,3 +780,52 @@ def test_score_pairs_equals_per_pair_forward():
     assert model.score_pairs(input_ids, attention_mask, features, [], []).shape == (0,)
     with pytest.raises(ValueError, match="text_indices"):
         model.score_pairs(input_ids, attention_mask, features, [0, 1], [0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Alignment pooling
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_text_patch_product_pooling_is_the_product_of_masked_means(tmp_path):
+    config = deterministic({"alignment_pooling": "text_patch_product"})
+    torch.manual_seed(0)
+    model = FashionBertModel(config).eval()
+    inputs = tester.inputs(config)
+    patch_mask = torch.ones(tester.batch_size, config.num_patches, dtype=torch.long)
+    patch_mask[2, 10:] = 0  # one image with padded patches
+    with torch.no_grad():
+        out = model(**inputs, patch_mask=patch_mask)
+    hidden, text_mask = out.last_hidden_state, inputs["attention_mask"]
+    text_length = text_mask.shape[1]
+    expected = []
+    for row in range(tester.batch_size):
+        text = hidden[row, :text_length][text_mask[row].bool()].mean(0)
+        patches = hidden[row, text_length:][patch_mask[row].bool()].mean(0)
+        expected.append(torch.tanh(model.pooler.projection(text * patches)))
+    torch.testing.assert_close(out.pooler_output, torch.stack(expected), rtol=1e-5, atol=1e-6)
+    # A padded text position or a masked patch changes nothing; a real patch does.
+    changed = dict(inputs, input_ids=inputs["input_ids"].clone())
+    changed["input_ids"][1, 6] = 50  # padding position of row 1
+    with torch.no_grad():
+        same = model(**changed, patch_mask=patch_mask).pooler_output
+    torch.testing.assert_close(same[1], out.pooler_output[1])
+
+    # The option round-trips through save/load and the [CLS] pooler's weights are not reused for it.
+    model.save_pretrained(tmp_path)
+    loaded = FashionBertModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.alignment_pooling == "text_patch_product"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs, patch_mask=patch_mask).pooler_output, out.pooler_output)
+
+
+def test_default_pooling_is_bert_pooler_on_cls_and_unknown_pooling_is_refused():
+    config = deterministic()
+    assert config.alignment_pooling == "cls"
+    torch.manual_seed(0)
+    model = FashionBertModel(config).eval()
+    with torch.no_grad():
+        out = model(**tester.inputs(config))
+    torch.testing.assert_close(out.pooler_output, torch.tanh(model.pooler.dense(out.last_hidden_state[:, 0])))
+    with pytest.raises(ValueError, match="alignment_pooling"):
+        deterministic({"alignment_pooling": "mean"})

@@ -21,6 +21,7 @@ PATCH_ENCODER_TYPES = ("resnet", "pixels")
 PATCH_FEATURE_MODES = ("crop", "grid")
 MPM_KL_DIRECTIONS = ("paper", "code")
 TASK_WEIGHTINGS = ("gradient", "loss_softmax", "fixed")
+ALIGNMENT_POOLINGS = ("cls", "text_patch_product")
 
 # Ceilings on sizes, far above any real model (bert-large: 30522 words, 1024 hidden, 24 layers; the paper's images:
 # 256 pixels in 8x8 patches): a malicious or corrupt config.json is refused before a model allocates its weights.
@@ -125,6 +126,14 @@ class FashionBertConfig(PreTrainedConfig):
             - `"paper"`: KL(p || q) = sum p (log p - log q), paper eq. 2.
             - `"code"`: KL(q || p) = sum q (log q - log p), the released code's Keras `KLD` (computed here from
               log-softmax, without Keras' 1e-7 clipping of the probabilities).
+        alignment_pooling (`str`, defaults to `"cls"`): what the pooler (and so the TIA head) reads.
+            - `"cls"`: the final `[CLS]` state through BERT's pooler (dense + tanh), as the paper and BERT's NSP.
+            - `"text_patch_product"`: this project's addition: the elementwise product of the mean final state of
+              the text tokens and the mean final state of the patches (padding excluded), through a fresh
+              dense + tanh (`pooler.projection`). Both means come out of the joint encoder, so it stays a
+              cross-encoder; the product hands the head a text-image interaction directly instead of waiting for
+              `[CLS]` to learn one, which an encoder without a trained `[CLS]` (the packaged MiniLM, trained with
+              mean pooling) does not reach within the synthetic demo's CPU budget.
         task_weighting (`str`, defaults to `"gradient"`): how MLM, MPM and TIA losses are weighted into `loss`.
             - `"gradient"`: the paper's adaptive loss (eq. 4-6): every training step, `g_i` = L2 norm of the gradient
               of task loss `l_i` w.r.t. the parameters of the last encoder layer (`bert.encoder.layer[-1]`, the
@@ -203,6 +212,7 @@ class FashionBertConfig(PreTrainedConfig):
     mpm_probability: float = 0.10
     mpm_kl_direction: str = "paper"
     task_weighting: str = "gradient"
+    alignment_pooling: str = "cls"
     sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
@@ -322,6 +332,7 @@ class FashionBertConfig(PreTrainedConfig):
             errors.append(f"`mlm_max_predictions` must be None or a positive integer, got {self.mlm_max_predictions}.")
         one_of("mpm_kl_direction", MPM_KL_DIRECTIONS)
         one_of("task_weighting", TASK_WEIGHTINGS)
+        one_of("alignment_pooling", ALIGNMENT_POOLINGS)
         return errors
 
     def _estimated_num_parameters(self) -> int:

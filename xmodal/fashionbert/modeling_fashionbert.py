@@ -270,6 +270,31 @@ class FashionBertPatchEmbeddings(nn.Module):
         return self.dropout(embeddings)
 
 
+class FashionBertTextPatchPooler(nn.Module):
+    """
+    `alignment_pooling="text_patch_product"`: tanh(projection(mean text state * mean patch state)), padding excluded
+    from both means. Its linear is `projection`, not BERT's `dense`, so a BERT checkpoint's `[CLS]` pooler weights
+    are not loaded into it.
+    """
+
+    def __init__(self, config: FashionBertConfig):
+        super().__init__()
+        self.projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor, text_mask: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        text_length = text_mask.shape[1]
+        text = _masked_mean(hidden_states[:, :text_length], text_mask)
+        patches = _masked_mean(hidden_states[:, text_length:], patch_mask)
+        return self.activation(self.projection(text * patches))
+
+
+def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of `(B, L, H)` states where `mask` `(B, L)` is 1 (at least one position counted)."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class FashionBertPreTrainingHeads(nn.Module):
     """BERT's pretraining heads (`predictions`, `seq_relationship`) plus the MPM head `patch_predictions`."""
 
@@ -328,7 +353,8 @@ class FashionBertPreTrainedModel(PreTrainedModel):
 class FashionBertModel(FashionBertPreTrainedModel):
     """
     The bare FashionBERT encoder: BERT embeddings for `[CLS] text [SEP]`, patch embeddings for the image patches,
-    one BERT encoder over the concatenation, and BERT's pooler on `[CLS]`.
+    one BERT encoder over the concatenation, and BERT's pooler on `[CLS]` (or, with
+    `alignment_pooling="text_patch_product"`, `FashionBertTextPatchPooler`).
 
     Submodules: `embeddings` (`BertEmbeddings`), `patch_encoder` (frozen: `ResNetModel` for
     `patch_encoder_type="resnet"`, a parameter-free patchifier for `"pixels"`), `patch_embeddings`, `encoder`
@@ -349,7 +375,12 @@ class FashionBertModel(FashionBertPreTrainedModel):
             self.patch_encoder = FashionBertPixelPatchifier(config)
         self.patch_embeddings = FashionBertPatchEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config) if add_pooling_layer else None
+        if not add_pooling_layer:
+            self.pooler = None
+        elif config.alignment_pooling == "text_patch_product":
+            self.pooler = FashionBertTextPatchPooler(config)
+        else:
+            self.pooler = BertPooler(config)
 
         self.post_init()
         self._freeze_patch_encoder()
@@ -491,7 +522,7 @@ class FashionBertModel(FashionBertPreTrainedModel):
 
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` `(batch_size, text_length + num_patches, hidden_size)`
-            (text positions first, then the patches), `pooler_output` (pooled `[CLS]`), optional `hidden_states`,
+            (text positions first, then the patches), `pooler_output` (see `alignment_pooling`), optional `hidden_states`,
             `attentions`.
         """
         if input_ids is None:
@@ -528,7 +559,12 @@ class FashionBertModel(FashionBertPreTrainedModel):
 
         encoder_outputs = self.encoder(embedding_output, attention_mask=encoder_mask, **kwargs)
         sequence_output = encoder_outputs.last_hidden_state
-        pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        if self.pooler is None:
+            pooled_output = None
+        elif isinstance(self.pooler, FashionBertTextPatchPooler):
+            pooled_output = self.pooler(sequence_output, attention_mask, patch_mask)
+        else:
+            pooled_output = self.pooler(sequence_output)
         return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled_output)
 
     def _resolve_patch_features(
