@@ -10,6 +10,7 @@ image) and, at the end, Rank@1 on a small protocol (40 queries x 21 candidates).
     python bench/plateau_experiments.py --tia_only --std --neg random --lr 5e-4 --steps 100 --name hilr
     python bench/plateau_experiments.py --tia_only --std --ridge --neg random --steps 100 --name ridge
     python bench/plateau_experiments.py --itc_steps 80 --itc_bs 32 --steps 100 --threads 2 --name itc  # ALBEF-style
+    python bench/plateau_experiments.py --tia_only --steps 100 --threads 1 --pool product --name product
 """
 import os
 import sys, time, argparse, math
@@ -69,6 +70,13 @@ if a.ridge:
     W = W * (model.bert.patch_embeddings.projection.weight.norm() / W.norm())
     with torch.no_grad(): model.bert.patch_embeddings.projection.weight.copy_(W)
     print("ridge init done", W.norm().item(), flush=True)
+if a.pool == "product":  # what alignment_pooling="text_patch_product" became (padding included here)
+    pooler = model.bert.pooler
+    def fwd(hidden):
+        text, patches = hidden[:, :-64].mean(1), hidden[:, -64:].mean(1)
+        return pooler.activation(pooler.dense(text * patches))
+    pooler.forward = fwd
+    torch.nn.init.normal_(pooler.dense.weight, std=0.02)
 if a.pool == "mean":
     pooler = model.bert.pooler
     def fwd(hidden): return pooler.activation(pooler.dense(hidden.mean(1)))
