@@ -49,7 +49,7 @@ from xmodal.data.fashion_sources import load_fashion_dataset, load_fashiongen
 from xmodal.data.fashion_synthetic import make_fashion_dataset
 from xmodal.data.preprocessing import add_fashionbert_inputs
 from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval
-from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
+from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval, representative_rows
 from xmodal.hub import build_model_card, create_hub_repo, push_folder_to_hub, save_model_folder
 from xmodal.retrieval import FashionRetriever
 from xmodal.training import checkpoint_step, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
@@ -578,13 +578,7 @@ def save_figures(retrieval, processor, rows: datasets.Dataset, history: list[dic
     `gallery_size` products (and its image against their captions), ground truth framed; the task-weight curves.
     Returns `{"file", "path", "caption"}` per figure.
     """
-    first_rows, seen = [], set()
-    for index, product in enumerate(rows["product_id"]):
-        if product not in seen:
-            seen.add(product)
-            first_rows.append(index)
-        if len(first_rows) == gallery_size:
-            break
+    first_rows = representative_rows(rows["product_id"])[:gallery_size]
     gallery = rows.select(first_rows)
     images, texts = [image.convert("RGB") for image in gallery["image"]], list(gallery["text"])
     retriever = FashionRetriever(retrieval, processor, rerank_top_n=None)

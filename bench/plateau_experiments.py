@@ -61,7 +61,7 @@ if a.ridge:
     # closed-form projector warm start: patch features -> mean word embedding of the caption
     E = model.bert.embeddings.word_embeddings.weight.detach()
     special = set(processor.tokenizer.all_special_ids)
-    X = torch.tensor(feats.reshape(len(feats), 64, -1).mean(1) if False else feats, dtype=torch.float32)  # (N,64,D)
+    X = torch.tensor(feats, dtype=torch.float32)  # (N, 64, D)
     if a.std: X = (X - mu_t) / sd_t
     T = torch.stack([E[[t for t in ids if t not in special]].mean(0) for ids in tr[:]["input_ids"]])  # (N,H)
     Xf = X.reshape(-1, X.shape[-1]); Tf = T.repeat_interleave(X.shape[1], 0)
@@ -128,7 +128,6 @@ def grounding():
         n += len(pos)
     model.train()
     return ok[0] / n, ok[1] / n
-est_steps = 400
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1, (s+1)/a.warm))
 model.train(); t0 = time.monotonic(); step = 0; rng = np.random.default_rng(0)
 from transformers.masking_utils import create_bidirectional_mask

@@ -18,6 +18,7 @@ import torch
 
 from xmodal import FashionBertForPreTraining, FashionBertProcessor
 from xmodal.data.fashion_synthetic import COLOR_PALETTE, make_fashion_dataset
+from xmodal.evaluation.fashion_retrieval import representative_rows
 
 
 def main() -> None:
@@ -36,8 +37,7 @@ def main() -> None:
         num_products=args.num_products, views_per_product=3, image_size=model.config.image_size, seed=args.seed
     )["test"]
     # One row per product (its first view), as the retrieval protocol does.
-    _, first_rows = np.unique(np.asarray(test["product_id"]), return_index=True)
-    rows = test.select(sorted(first_rows)[: args.max_rows])
+    rows = test.select(representative_rows(test["product_id"])[: args.max_rows])
     colour_ids = {tokenizer.convert_tokens_to_ids(name) for name in COLOR_PALETTE if " " not in name}
     main_colour = rows["color"]
 
