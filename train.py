@@ -52,8 +52,17 @@ from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval, representative_rows
 from xmodal.hub import build_model_card, create_hub_repo, push_folder_to_hub, save_model_folder
 from xmodal.retrieval import FashionRetriever
-from xmodal.training import checkpoint_step, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from xmodal.visualization import save_retrieval_grid, save_task_weight_curves
+from xmodal.training import (
+    FASHIONBERT_RECIPES,
+    alignment_warmup_loss,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_parameter_groups,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from xmodal.visualization import save_retrieval_grid, save_training_curves
 
 logger = get_logger(__name__)
 
@@ -87,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model_type", choices=["fashionbert", "map_ivr"], default="fashionbert", help="Which model to train.")
     model.add_argument(
+        "--recipe",
+        choices=sorted(FASHIONBERT_RECIPES),
+        default=None,
+        help="FashionBERT: a named set of defaults for the flags marked 'recipe' below, for any data source; flags "
+        "given explicitly win. "
+        + " ".join(f"'{name}': {recipe.description}." for name, recipe in sorted(FASHIONBERT_RECIPES.items()))
+        + " Default: quick.",
+    )
+    model.add_argument(
         "--model_name_or_path",
         default=None,
         help="A saved FashionBERT / MAP-IVR folder or Hub id to continue from. FashionBERT: when unset, a new model is "
@@ -112,16 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="A transformers ResNet checkpoint (e.g. microsoft/resnet-50 if you have it) for --patch_encoder_type resnet.",
     )
     model.add_argument("--patch_feature_mode", choices=["crop", "grid"], default="crop", help="ResNet patch features: per-patch crops (paper) or one pass over the image (8x8 feature map; ~64x cheaper).")
-    model.add_argument("--image_size", type=int, default=None, help="Side of the square input image. Default: 256 (Fashion-Gen) for real data, 128 for the synthetic CPU demo.")
+    model.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128, paper 256 as Fashion-Gen).")
     model.add_argument("--patch_grid", type=int, default=8, help="The image is cut into patch_grid x patch_grid patches (paper: 8).")
-    model.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens. Default: 64 (the released code; the paper used 448) for real data, 48 for the synthetic demo.")
+    model.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens (recipe: 64 as the released code; the paper used 448).")
     model.add_argument(
         "--alignment_pooling",
-        choices=["cls", "text_patch_product"],
-        default="cls",
-        help="What the TIA head reads: 'cls' (paper: the pooled [CLS]) or 'text_patch_product' (this project's "
-        "addition: mean text state * mean patch state; it left the alignment plateau in alignment-only training from "
-        "the packaged MiniLM, see the README).",
+        choices=["cls", "text_patch_product", "text_patch_bilinear"],
+        default=None,
+        help="What the TIA head reads (recipe): 'cls' (paper: the pooled [CLS]), or this project's additions "
+        "'text_patch_bilinear' (low-rank bilinear pooling of the mean text and mean patch states) and "
+        "'text_patch_product' (their elementwise product); see FashionBertConfig.",
+    )
+    model.add_argument(
+        "--contrastive_projection_dim",
+        type=int,
+        default=None,
+        help="FashionBERT (recipe): add dual-encoder heads of this size and the image-text contrastive task on the "
+        "unimodal passes (this project's addition; 0 = off, the paper). See FashionBertConfig.",
     )
     model.add_argument("--task_weighting", choices=["gradient", "loss_softmax", "fixed"], default="gradient", help="FashionBERT task weights: paper eq. 6 on gradient norms, the released code's loss softmax, or 1/3 each.")
     model.add_argument("--mpm_kl_direction", choices=["paper", "code"], default="paper", help="MPM loss: KL(pred||target) as in paper eq. 2, or KL(target||pred) as in the released code.")
@@ -155,17 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning_rate",
         type=float,
         default=None,
-        help="Peak learning rate. Default: FashionBERT 2e-5 (paper) on real data, 1e-4 on the synthetic demo (the 15-minute CPU run needs a larger step); MAP-IVR 1e-3.",
+        help="Peak learning rate. FashionBERT: recipe (quick 1e-4, paper 2e-5); MAP-IVR: 1e-3.",
+    )
+    train.add_argument(
+        "--new_modules_lr_multiplier",
+        type=float,
+        default=None,
+        help="FashionBERT (recipe: quick 10, paper 1): learning-rate multiplier of the parameters that start from "
+        "scratch, i.e. that --text_model_name_or_path does not have (patch embeddings, heads, a new pooler).",
+    )
+    train.add_argument(
+        "--alignment_warmup_steps",
+        type=int,
+        default=None,
+        help="FashionBERT (recipe: quick 60, paper 0): train the alignment task(s) alone for this many steps, then blend "
+        "linearly into the adaptive task weights over as many steps (0 = the paper's weights from the start).",
+    )
+    train.add_argument(
+        "--negative_curriculum_steps",
+        type=int,
+        default=None,
+        help="FashionBERT (recipe): over this many steps the share of same-sub-category TIA negatives rises from 0 "
+        "(random other products, the paper's) to 1 (the official README's); 0 = same sub-category from the start.",
     )
     train.add_argument("--adam_beta1", type=float, default=0.95, help="Adam beta1 (paper: 0.95).")
     train.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2 (paper: 0.999).")
     train.add_argument("--weight_decay", type=float, default=1e-4, help="Weight decay (paper: 1e-4).")
-    train.add_argument("--num_train_epochs", type=int, default=None, help="Epochs. Default: FashionBERT 10 (paper) on real data, 2 on the synthetic demo (which also stops after --max_train_minutes 9); MAP-IVR 30.")
+    train.add_argument("--num_train_epochs", type=int, default=None, help="Epochs. FashionBERT: recipe (paper 10; quick trains --max_train_steps 150 unless epochs are given); MAP-IVR: 30.")
     train.add_argument("--max_train_steps", type=int, default=None, help="Total optimisation steps; overrides --num_train_epochs.")
-    train.add_argument("--max_train_minutes", type=float, default=None, help="Stop training after this many minutes (the demo's time budget); evaluation and saving follow.")
+    train.add_argument("--max_train_minutes", type=float, default=None, help="Stop training after this many minutes (FashionBERT recipe: quick 7, paper none); evaluation and saving follow.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimisation step.")
     train.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear", choices=list(SchedulerType), help="Learning-rate schedule after warmup (paper: linear decay).")
-    train.add_argument("--num_warmup_steps", type=int, default=None, help="Warmup steps (paper: 5000). Default: 10%% of training.")
+    train.add_argument("--num_warmup_steps", type=int, default=None, help="Learning-rate warmup steps. FashionBERT recipe: quick 10%% of training, paper 5000; MAP-IVR: 10%% of training.")
     train.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Passed to Accelerator (default: accelerate's config / no).")
     train.add_argument("--seed", type=int, default=42, help="Seed of everything: model init, data order, masks, negatives.")
     train.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory.")
@@ -198,24 +244,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return apply_defaults(parser.parse_args(argv), parser)
 
 
+# FashionBERT flags whose default comes from its --recipe (and --recipe itself); MAP-IVR refuses them.
+FASHIONBERT_ONLY_FLAGS = (
+    "recipe", "alignment_pooling", "contrastive_projection_dim", "new_modules_lr_multiplier", "alignment_warmup_steps",
+    "negative_curriculum_steps",
+)
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill FashionBERT's flags left unset from its recipe (--recipe, default quick) for any data source."""
+    args.recipe = args.recipe or "quick"
+    recipe = FASHIONBERT_RECIPES[args.recipe]
+    for name in ("image_size", "max_text_length", "alignment_pooling", "contrastive_projection_dim", "learning_rate",
+                 "new_modules_lr_multiplier", "alignment_warmup_steps", "negative_curriculum_steps", "num_warmup_steps"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
+    if args.num_train_epochs is None and args.max_train_steps is None:
+        # The recipe decides the length of training, and its time limit with it.
+        args.max_train_steps = recipe.max_train_steps
+        if args.max_train_minutes is None:
+            args.max_train_minutes = recipe.max_train_minutes
+    if args.num_train_epochs is None:
+        args.num_train_epochs = recipe.num_train_epochs
+
+
 def apply_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Resolve the defaults that depend on --model_type and on whether the data is the synthetic test bed."""
+    """Resolve the defaults that depend on --model_type (MAP-IVR) and on --recipe (FashionBERT)."""
     fashion = args.model_type == "fashionbert"
     if args.output_dir == parser.get_default("output_dir") and not fashion:
         args.output_dir = "outputs/map_ivr"
-    real_fashion = any((args.dataset_name, args.train_file, args.fashiongen_h5))
-    if args.image_size is None:
-        args.image_size = 256 if real_fashion else 128
-    if args.max_text_length is None:
-        args.max_text_length = 64 if real_fashion else 48
     if args.per_device_train_batch_size is None:
         args.per_device_train_batch_size = 16 if fashion else 64
-    if args.learning_rate is None:
-        args.learning_rate = (2e-5 if real_fashion else 1e-4) if fashion else 1e-3
-    if args.num_train_epochs is None:
-        args.num_train_epochs = (10 if real_fashion else 2) if fashion else 30
-    if fashion and args.max_train_minutes is None and not real_fashion and args.max_train_steps is None:
-        args.max_train_minutes = 9.0  # the demo's budget: train 9 minutes, evaluate, save; ~15 minutes in all
+    if fashion:
+        apply_recipe(args)
+    else:
+        given = [f"--{name}" for name in FASHIONBERT_ONLY_FLAGS if getattr(args, name) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to --model_type fashionbert")
+        if args.learning_rate is None:
+            args.learning_rate = 1e-3
+        if args.num_train_epochs is None:
+            args.num_train_epochs = 30
     if args.text_model_name_or_path is None:
         args.text_model_name_or_path = packaged_bert()
     if args.patch_encoder_type == "resnet" and args.patch_encoder_name_or_path is None and args.model_name_or_path is None:
@@ -268,11 +337,14 @@ def evaluation_split(raw: datasets.DatasetDict) -> str:
 
 
 def build_fashionbert(args: argparse.Namespace):
-    """FashionBERT from a saved FashionBERT folder, or a new one around a pretrained BERT; and its processor."""
+    """
+    FashionBERT from a saved FashionBERT folder, or a new one around a pretrained BERT; its processor; and the names
+    of the parameters that start from scratch (those the checkpoint did not have).
+    """
     if args.model_name_or_path:
         model = FashionBertForPreTraining.from_pretrained(args.model_name_or_path, use_safetensors=True)
         processor = FashionBertProcessor.from_pretrained(args.model_name_or_path)
-        return model, processor
+        return model, processor, []
     config = FashionBertConfig.from_text_config(
         args.text_model_name_or_path,
         image_size=args.image_size,
@@ -282,14 +354,17 @@ def build_fashionbert(args: argparse.Namespace):
         task_weighting=args.task_weighting,
         mpm_kl_direction=args.mpm_kl_direction,
         alignment_pooling=args.alignment_pooling,
+        contrastive_projection_dim=args.contrastive_projection_dim or None,
     )
-    model = FashionBertForPreTraining.from_pretrained(args.text_model_name_or_path, config=config, use_safetensors=True)
+    model, loading_info = FashionBertForPreTraining.from_pretrained(
+        args.text_model_name_or_path, config=config, use_safetensors=True, output_loading_info=True
+    )
     if args.patch_encoder_name_or_path:
         model.bert.load_patch_encoder_weights(args.patch_encoder_name_or_path)
     image_processor = FashionBertImageProcessor(image_size=args.image_size, patch_grid=args.patch_grid)
     tokenizer = AutoTokenizer.from_pretrained(args.text_model_name_or_path)
     processor = FashionBertProcessor(image_processor, tokenizer, max_text_length=args.max_text_length)
-    return model, processor
+    return model, processor, loading_info["missing_keys"]
 
 
 def load_activity_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
@@ -333,16 +408,15 @@ def build_map_ivr(args: argparse.Namespace, train_split: datasets.Dataset):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def loss_terms(outputs) -> dict[str, float]:
-    """The scalar losses (and FashionBERT's task weights) of one step, for logging."""
-    terms = {}
-    for name in ("loss", "mlm_loss", "mpm_loss", "tia_loss", "orth_loss", "class_loss", "kl_loss", "recon_loss"):
+def loss_terms(outputs, loss: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float]:
+    """The scalar losses of one step (the trained `loss`, each task's) and FashionBERT's task weights, for logging."""
+    terms = {"loss": float(loss.detach())}
+    for name in ("mlm_loss", "mpm_loss", "tia_loss", "itc_loss", "orth_loss", "class_loss", "kl_loss", "recon_loss"):
         value = getattr(outputs, name, None)
         if value is not None:
             terms[name] = float(value.detach())
-    weights = getattr(outputs, "task_weights", None)
     if weights is not None:
-        for task, weight in zip(("mlm", "mpm", "tia"), weights.detach().tolist()):
+        for task, weight in zip(("mlm", "mpm", "tia", "itc"), weights.detach().tolist()):
             terms[f"weight_{task}"] = weight
     return terms
 
@@ -379,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
         if fashion:
             raw, dataset_description = load_fashion_splits(args)
             eval_name = evaluation_split(raw)
-            model, processor = build_fashionbert(args)
+            model, processor, new_parameters = build_fashionbert(args)
             train_rows, eval_rows = raw["train"], raw[eval_name]
             if args.max_train_samples is not None:
                 train_rows = train_rows.select(range(min(args.max_train_samples, len(train_rows))))
@@ -393,6 +467,9 @@ def main(argv: list[str] | None = None) -> dict:
                 mpm_probability=model.config.mpm_probability,
                 max_predictions=model.config.mlm_max_predictions,
                 patch_grid=model.config.patch_grid,
+                negative_curriculum_batches=args.negative_curriculum_steps * args.gradient_accumulation_steps,
+                # nothing predicts masked tokens or patches while alignment trains alone: leave its inputs whole
+                unmasked_batches=args.alignment_warmup_steps * args.gradient_accumulation_steps,
             )
         else:
             raw, dataset_description = load_activity_splits(args)
@@ -404,6 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
                 eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
             model, processor = build_map_ivr(args, train_dataset)
             collator = MapIvrCollator(processor)
+            new_parameters = []
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
 
@@ -422,16 +500,15 @@ def main(argv: list[str] | None = None) -> dict:
             f"--per_device_train_batch_size {args.per_device_train_batch_size}"
         )
 
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lr_multiplier = args.new_modules_lr_multiplier if fashion else 1.0
     optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in trainable if not any(nd in n for nd in no_decay)], "weight_decay": args.weight_decay},
-            {"params": [p for n, p in trainable if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
-        ],
+        optimizer_parameter_groups(model, args.learning_rate, args.weight_decay, new_parameters, lr_multiplier),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
     )
+    if fashion:
+        new_count = sum(p.numel() for group in optimizer.param_groups if group["name"].startswith("new") for p in group["params"])
+        logger.info(f"  Recipe {args.recipe}: {new_count:,} new parameters train at lr x {lr_multiplier:g}; alignment warm-up {args.alignment_warmup_steps} steps")
 
     updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
@@ -472,6 +549,8 @@ def main(argv: list[str] | None = None) -> dict:
             accelerator.print(f"Resumed from checkpoint: {checkpoint}")
             load_checkpoint(accelerator, checkpoint)  # safetensors weights, weights_only=True state pickles
             completed_steps = checkpoint_step(checkpoint)
+            if fashion:  # where the negative curriculum stands: the batches this process has used
+                collator.batches_collated = completed_steps * args.gradient_accumulation_steps
             starting_epoch = completed_steps // updates_per_epoch
             resume_step = (completed_steps % updates_per_epoch) * args.gradient_accumulation_steps
 
@@ -492,11 +571,14 @@ def main(argv: list[str] | None = None) -> dict:
         for batch in active_dataloader:
             with accelerator.accumulate(model):
                 outputs = model(**batch)
-                accelerator.backward(outputs.loss)
+                loss, task_weights = (
+                    alignment_warmup_loss(outputs, completed_steps, args.alignment_warmup_steps) if fashion else (outputs.loss, None)
+                )
+                accelerator.backward(loss)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            for name, value in loss_terms(outputs).items():
+            for name, value in loss_terms(outputs, loss, task_weights).items():
                 running[name] = running.get(name, 0.0) + value / args.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
@@ -592,9 +674,14 @@ def save_figures(retrieval, processor, rows: datasets.Dataset, history: list[dic
         save_retrieval_grid(query, candidates, result.indices.tolist(), result.scores.tolist(), path, ground_truth=0)
         direction = "text → image" if "text_to_image" in name else "image → text"
         figures.append({"file": name, "path": path, "caption": f"{direction}: top 5 of {len(first_rows)} evaluation products, ground truth framed"})
+    if any("tia_loss" in row for row in history):
+        path = folder / "alignment_loss.png"
+        save_training_curves(history, path, keys=("tia_loss",), title="FashionBERT alignment (TIA) loss", ylabel="loss",
+                             references={"chance (ln 2)": math.log(2)})
+        figures.append({"file": "alignment_loss.png", "path": path, "caption": "alignment loss during training (chance: ln 2 = 0.693)"})
     if any("weight_tia" in row for row in history):
         path = folder / "task_weights.png"
-        save_task_weight_curves(history, path)
+        save_training_curves(history, path)
         figures.append({"file": "task_weights.png", "path": path, "caption": "task weights (MLM, MPM, TIA) during training"})
     return figures
 
@@ -626,6 +713,15 @@ def model_card(args, model, results, dataset_description, steps, train_minutes, 
         "weight decay": args.weight_decay,
         "schedule": f"{args.lr_scheduler_type} with warmup",
         "seed": args.seed,
+        **(
+            {
+                "recipe": f"{args.recipe} ({FASHIONBERT_RECIPES[args.recipe].description})",
+                "new-module learning-rate multiplier": args.new_modules_lr_multiplier,
+                "alignment warm-up steps": args.alignment_warmup_steps,
+            }
+            if args.model_type == "fashionbert"
+            else {}
+        ),
         "training time (minutes)": round(train_minutes, 1),
     }
     synthetic = dataset_description in (SYNTHETIC_FASHION, SYNTHETIC_ACTIVITY)
@@ -682,12 +778,13 @@ def print_summary(args, results, steps, train_minutes, total_minutes, final_dir,
     last = history[-1] if history else {}
     lines = [
         "",
-        f"==== xmodal {args.model_type} ====",
+        f"==== xmodal {args.model_type}" + (f" (recipe {args.recipe})" if args.model_type == "fashionbert" else "") + " ====",
         f"steps: {steps}   training: {train_minutes:.1f} min   total: {total_minutes:.1f} min",
         "final losses: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items() if k.endswith("loss")),
     ]
-    if any(k.startswith("weight_") for k in last):
-        lines.append("task weights (mlm, mpm, tia): " + ", ".join(f"{last[f'weight_{t}']:.3f}" for t in ("mlm", "mpm", "tia")))
+    tasks = [t for t in ("mlm", "mpm", "tia", "itc") if f"weight_{t}" in last]
+    if tasks:
+        lines.append(f"task weights ({', '.join(tasks)}): " + ", ".join(f"{last[f'weight_{t}']:.3f}" for t in tasks))
     if args.model_type == "fashionbert":
         for direction in ("image_to_text", "text_to_image"):
             if f"{direction}/R@1" in results:

@@ -3,7 +3,10 @@
 Every synthetic caption names the garment's colours, and only the image says which they are. Each colour word of a
 test caption is masked and predicted twice: with the caption's own image and with the image of another test product
 of a different main colour. A model that grounds colours in the patches predicts them better with the right image;
-a model that only uses the caption's wording scores the same both ways (its text prior).
+a model that only uses the caption's wording scores the same both ways (its text prior). Two accuracies per image:
+the argmax over the whole vocabulary, and the argmax among the colour words only (chance: one over their number).
+And the alignment head's view: with the caption's own image, does it score the true caption above the same caption
+with every colour word swapped for another colour (chance 0.5; only the image can tell them apart)?
 
     python bench/probe_fashion_grounding.py --model outputs/fashionbert/final
     # writes bench/results/probe_fashion_grounding.json
@@ -41,8 +44,12 @@ def main() -> None:
     colour_ids = {tokenizer.convert_tokens_to_ids(name) for name in COLOR_PALETTE if " " not in name}
     main_colour = rows["color"]
 
+    colour_list = torch.tensor(sorted(colour_ids))
     correct = {"own_image": 0, "other_image": 0}
-    predicted = 0
+    # The same choice restricted to the colour words: which colour the model prefers, whatever its text prior says
+    # about other words (a young MLM head mostly predicts frequent non-colour words).
+    correct_among_colours = {"own_image": 0, "other_image": 0}
+    predicted = alignment_prefers_true = captions_swapped = 0
     rng = np.random.default_rng(args.seed)
     for index, row in enumerate(rows):
         input_ids = torch.tensor(tokenizer(row["text"], truncation=True, max_length=model.config.max_position_embeddings)["input_ids"])
@@ -50,6 +57,16 @@ def main() -> None:
         if not positions:
             continue
         targets = input_ids[positions].clone()
+        # Alignment: the true caption against the same caption with every colour word swapped for another colour.
+        own_pixels = processor.image_processor(row["image"], return_tensors="pt")["pixel_values"]
+        swapped = input_ids.clone()
+        for position in positions:
+            swapped[position] = int(rng.choice([c for c in colour_list.tolist() if c != int(input_ids[position])]))
+        with torch.no_grad():
+            tia = model(input_ids=torch.stack([input_ids, swapped]), pixel_values=own_pixels.expand(2, -1, -1, -1)).tia_logits
+        log_odds = tia[:, 0] - tia[:, 1]
+        alignment_prefers_true += int(log_odds[0] > log_odds[1])
+        captions_swapped += 1
         input_ids[positions] = tokenizer.mask_token_id
         others = [j for j in range(len(rows)) if main_colour[j] != main_colour[index]] or [j for j in range(len(rows)) if j != index]
         other = int(rng.choice(others))
@@ -58,6 +75,7 @@ def main() -> None:
             with torch.no_grad():
                 logits = model(input_ids=input_ids[None], pixel_values=pixel_values).mlm_logits[0, positions]
             correct[name] += int((logits.argmax(-1) == targets).sum())
+            correct_among_colours[name] += int((colour_list[logits[:, colour_list].argmax(-1)] == targets).sum())
         predicted += len(positions)
 
     result = {
@@ -65,7 +83,12 @@ def main() -> None:
         "masked_colour_words": predicted,
         "accuracy_own_image": correct["own_image"] / max(predicted, 1),
         "accuracy_other_image": correct["other_image"] / max(predicted, 1),
+        "accuracy_among_colours_own_image": correct_among_colours["own_image"] / max(predicted, 1),
+        "accuracy_among_colours_other_image": correct_among_colours["other_image"] / max(predicted, 1),
         "chance_uniform_over_single_token_colours": 1 / len(colour_ids),
+        "captions_with_colours_swapped": captions_swapped,
+        "alignment_prefers_true_colours": alignment_prefers_true / max(captions_swapped, 1),
+        "alignment_chance": 0.5,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")

@@ -161,6 +161,48 @@ def quality_map_ivr(r: dict) -> str:
     return "\n\n".join(parts)
 
 
+def quality_fashionbert(r: dict) -> str:
+    """FashionBERT's quality table: mean ± std over seeds of Rank@K both ways and the matching AUC."""
+    steps_per_minute = r.get("cpu_timing", {}).get("steps_per_minute", {})
+
+    def cell(row: dict, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+        return f"{row['mean'][metric] * scale:.{digits}f} ± {row['std'][metric] * scale:.{digits}f}"
+
+    rows = []
+    for key, row in r["rows"].items():
+        # Rows that change only losses, heads or schedules step at the default's rate (see the script).
+        rate = steps_per_minute.get(row["row"]) or steps_per_minute.get(f"sweep: {row['row']}") or steps_per_minute.get("default")
+        rows.append([key, row["steps"], f"{rate:.1f}" if rate else "-"]
+                    + [cell(row, f"{direction}/R@{k}") for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
+                    + [cell(row, "tia/auc", digits=3)])
+    header = ["row", "steps", "CPU steps / min", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10", "AUC"]
+    env = r.get("environment", {})
+    seeds = sorted({seed for row in r["rows"].values() for seed in row["seeds"]})
+    return (f"### FashionBERT quality, synthetic fashion test bed (seeds {', '.join(seeds)}; {env.get('device', '?')}, "
+            f"torch {env.get('torch', '?')})\n\n" + table(header, rows)
+            + f"\n\n`{r['command']}`" + (f"\n\n{r['note']}" if r.get("note") else "")
+            + (f"\n\n{r['note_added']}" if r.get("note_added") else ""))
+
+
+def quality_fashionbert_timing(r: dict) -> str:
+    rows = [[name, f"{seconds:.2f}", f"{r['steps_per_minute'][name]:.1f}"] for name, seconds in r["seconds_per_step"].items()]
+    return ("### FashionBERT quality rows: CPU seconds per training step\n\n" + table(["row", "s / step", "steps / min"], rows)
+            + f"\n\n`{r['command']}` {load_note(r)}")
+
+
+def quality_fashionbert_sweep(r: dict) -> str:
+    groups: dict = {}
+    for result in r["results"]:
+        groups.setdefault((result["row"], result["variant"]), []).append(result["metrics"])
+    rows = []
+    for (name, variant), metrics in groups.items():
+        mean = lambda key: sum(m[key] for m in metrics) / len(metrics)  # noqa: E731
+        rows.append([name, variant, len(metrics), f"{mean('image_to_text/R@1'):.1f}", f"{mean('text_to_image/R@1'):.1f}",
+                     f"{mean('tia/auc'):.3f}"])
+    return ("### FashionBERT recipe sweep (validation split; mean over seeds)\n\n"
+            + table(["setting", "data", "seeds", "i→t R@1", "t→i R@1", "AUC"], rows) + f"\n\n`{r['command']}`")
+
+
 RENDERERS = {
     "random_scorers": random_scorers,
     "probe_activity_descriptor": probe_activity_descriptor,
@@ -169,6 +211,9 @@ RENDERERS = {
     "speed_retrieval_protocol": speed_retrieval_protocol,
     "speed_map_ivr_gallery": speed_map_ivr_gallery,
     "quality_map_ivr": quality_map_ivr,
+    "quality_fashionbert": quality_fashionbert,
+    "quality_fashionbert_timing": quality_fashionbert_timing,
+    "quality_fashionbert_sweep": quality_fashionbert_sweep,
 }
 
 

@@ -547,27 +547,67 @@ def test_a_batch_with_nothing_to_predict_gives_finite_losses(weighting):
     assert torch.isfinite(output.loss)
 
 
-def test_gradient_weighting_uses_last_layer_gradient_norms_and_eq6():
-    config = tester.config("pixels", task_weighting="gradient")
-    model = FashionBertForPreTraining(config).train()
-    inputs = tester.inputs(config)
-    torch.manual_seed(1)
-    output = model(**inputs, **tester.targets(config, inputs))
-    # no gradient was accumulated into .grad while computing the weights (DDP's reducer hooks do not fire)
-    assert all(p.grad is None for p in model.parameters())
-    shared = list(model.bert.encoder.layer[-1].parameters())
-    assert model.shared_parameters() == shared
+def _hidden_state_norms(model, output) -> torch.Tensor:
+    """Each task loss's gradient norm w.r.t. the last hidden states (what every head reads), by hand."""
+    states = output.hidden_states[-1]
     norms = []
     for task_loss in (output.mlm_loss, output.mpm_loss, output.tia_loss):
-        grads = torch.autograd.grad(task_loss, shared, retain_graph=True, allow_unused=True)
-        norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-    expected = gradient_task_weights(torch.stack(norms))
-    torch.testing.assert_close(output.task_weights, expected, rtol=1e-5, atol=1e-7)
-    assert not output.task_weights.requires_grad
-    losses = torch.stack([output.mlm_loss, output.mpm_loss, output.tia_loss])
-    torch.testing.assert_close(output.loss, (expected * losses).sum(), rtol=1e-5, atol=1e-7)
-    output.loss.backward()
+        (grad,) = torch.autograd.grad(task_loss, states, retain_graph=True)
+        norms.append(grad.double().pow(2).sum().sqrt())
+    return torch.stack(norms)
+
+
+def test_gradient_weighting_divides_hidden_state_gradient_norms_by_their_running_means_then_eq6():
+    config = deterministic({"task_weighting": "gradient", "task_gradient_momentum": 0.5})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    assert torch.equal(model.task_gradient_norm_mean, torch.zeros(3))
+
+    first = model(**inputs, **targets, output_hidden_states=True)
+    # no gradient was accumulated into .grad while computing the weights (DDP's reducer hooks do not fire)
+    assert all(p.grad is None for p in model.parameters())
+    norms1 = _hidden_state_norms(model, first)
+    # first step: no history, every task counts as usual -> equal weights; the means start at the norms
+    torch.testing.assert_close(first.task_weights, torch.full((3,), 1 / 3))
+    torch.testing.assert_close(model.task_gradient_norm_mean.double(), norms1, rtol=1e-5, atol=0)
+
+    # second step on other data: each norm divided by the mean of the steps before, then eq. 6 on the shares
+    inputs2 = tester.inputs(config, seed=3)
+    second = model(**inputs2, **tester.targets(config, inputs2), output_hidden_states=True)
+    norms2 = _hidden_state_norms(model, second)
+    expected = gradient_task_weights(norms2 / norms1)
+    torch.testing.assert_close(second.task_weights, expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.task_gradient_norm_mean.double(), 0.5 * norms1 + 0.5 * norms2, rtol=1e-5, atol=0)
+    assert not second.task_weights.requires_grad
+    losses = torch.stack([second.mlm_loss, second.mpm_loss, second.tia_loss])
+    torch.testing.assert_close(second.loss, (expected * losses).sum(), rtol=1e-5, atol=1e-7)
+    second.loss.backward()
     assert model.bert.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_gradient_weights_move_towards_a_task_whose_gradient_grows():
+    config = deterministic({"task_weighting": "gradient"})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    model(**inputs, **targets)  # sets the running means
+    with torch.no_grad():  # the alignment head's gradient grows tenfold, the others stay as they were
+        model.cls.seq_relationship.weight.mul_(10)
+    weights = model(**inputs, **targets).task_weights
+    assert weights[2] > 0.4 and weights[0] < 1 / 3 and weights[1] < 1 / 3
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_running_means_of_gradient_norms_are_saved_and_loaded(tmp_path):
+    config = deterministic({"task_weighting": "gradient"})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    model(**inputs, **tester.targets(config, inputs))
+    assert (model.task_gradient_norm_mean > 0).all()
+    model.save_pretrained(tmp_path)
+    loaded = FashionBertForPreTraining.from_pretrained(tmp_path)
+    assert torch.equal(loaded.task_gradient_norm_mean, model.task_gradient_norm_mean)
 
 
 def test_gradient_weighting_falls_back_to_equal_weights_outside_training():
@@ -625,16 +665,17 @@ def comparable(config: FashionBertConfig) -> dict:
     return fields
 
 
-def test_gradient_weighting_refuses_reentrant_checkpointing():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_weighting_works_under_either_kind_of_activation_checkpointing(use_reentrant):
     config = deterministic({"task_weighting": "gradient"})
-    model = FashionBertForPreTraining(config).train()
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    inputs = tester.inputs(config)
-    with pytest.raises(RuntimeError, match="use_reentrant=False"):
-        model(**inputs, **tester.targets(config, inputs))
+    plain = FashionBertForPreTraining(config).train()
+    model = FashionBertForPreTraining(deterministic({"task_weighting": "gradient"})).train()
+    model.load_state_dict(plain.state_dict())
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    for seed in (0, 1):  # the second step uses the running means
+        inputs = tester.inputs(config, seed=seed)
+        targets = tester.targets(config, inputs)
+        torch.testing.assert_close(model(**inputs, **targets).task_weights, plain(**inputs, **targets).task_weights)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
@@ -829,3 +870,78 @@ def test_default_pooling_is_bert_pooler_on_cls_and_unknown_pooling_is_refused():
     torch.testing.assert_close(out.pooler_output, torch.tanh(model.pooler.dense(out.last_hidden_state[:, 0])))
     with pytest.raises(ValueError, match="alignment_pooling"):
         deterministic({"alignment_pooling": "mean"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dual-encoder heads and the image-text contrastive task (contrastive_projection_dim)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_without_contrastive_heads_the_model_has_the_papers_three_tasks_only():
+    model = FashionBertForPreTraining(deterministic()).train()
+    assert model.tasks == ("mlm", "mpm", "tia") and model.task_gradient_norm_mean.shape == (3,)
+    assert not any(name.split(".")[0] in ("text_projection", "visual_projection", "logit_scale")
+                   for name, _ in model.bert.named_parameters())
+    inputs = tester.inputs(deterministic())
+    output = model(**inputs, **tester.targets(deterministic(), inputs))
+    assert output.itc_loss is None and output.task_weights.shape == (3,)
+    with pytest.raises(ValueError, match="contrastive_projection_dim"):
+        model.bert.get_text_embeddings(inputs["input_ids"])
+
+
+def test_contrastive_loss_is_infonce_over_the_aligned_rows_unmasked_inputs_encoded_alone():
+    config = deterministic({"contrastive_projection_dim": 8, "task_weighting": "fixed"})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    targets["alignment_labels"] = torch.tensor([0, 0, 1])
+    masked = dict(inputs)
+    masked["input_ids"] = inputs["input_ids"].masked_fill(targets["labels"] != -100, 1)  # MLM-masked text
+    output = model(**masked, **targets)
+    assert model.tasks == ("mlm", "mpm", "tia", "itc")
+    torch.testing.assert_close(output.task_weights, torch.full((4,), 0.25))
+    # by hand: rows 0 and 1 (aligned), their original ids and unmasked pixels, each modality alone
+    text = model.bert.get_text_embeddings(inputs["input_ids"][:2], inputs["attention_mask"][:2])
+    image = model.bert.get_image_embeddings(pixel_values=inputs["pixel_values"][:2])
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
+    logits = model.bert.logit_scale.exp() * text @ image.T
+    expected = (F.cross_entropy(logits, torch.arange(2)) + F.cross_entropy(logits.T, torch.arange(2))) / 2
+    torch.testing.assert_close(output.itc_loss, expected)
+    losses = torch.stack([output.mlm_loss, output.mpm_loss, output.tia_loss, output.itc_loss])
+    torch.testing.assert_close(output.loss, losses.mean())
+    output.loss.backward()
+    assert model.bert.text_projection.weight.grad.abs().sum() > 0
+    assert model.bert.visual_projection.weight.grad.abs().sum() > 0
+    assert model.bert.logit_scale.grad != 0
+
+
+def test_rows_with_the_same_caption_are_not_each_others_contrastive_negatives():
+    from xmodal.fashionbert.modeling_fashionbert import image_text_contrastive_loss
+
+    text = F.normalize(torch.randn(3, 4), dim=-1)
+    image = F.normalize(torch.randn(3, 4), dim=-1)
+    scale = torch.tensor(1.0)
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    masked = image_text_contrastive_loss(text, image, scale, same)
+    logits = scale.exp() * text @ image.T
+    logits[0, 1] = logits[1, 0] = torch.finfo(logits.dtype).min
+    expected = (F.cross_entropy(logits, torch.arange(3)) + F.cross_entropy(logits.T, torch.arange(3))) / 2
+    torch.testing.assert_close(masked, expected)
+
+
+def test_contrastive_task_needs_two_aligned_rows_and_its_heads_round_trip(tmp_path):
+    config = deterministic({"contrastive_projection_dim": 8})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    targets["alignment_labels"] = torch.tensor([0, 1, 1])
+    output = model(**inputs, **targets)
+    assert output.itc_loss == 0 and output.task_weights[3] == 0
+    model.eval()
+    model.save_pretrained(tmp_path)
+    retrieval = FashionBertForImageTextRetrieval.from_pretrained(tmp_path)
+    torch.testing.assert_close(
+        retrieval.bert.get_image_embeddings(pixel_values=inputs["pixel_values"]),
+        model.bert.get_image_embeddings(pixel_values=inputs["pixel_values"]),
+    )
+    torch.testing.assert_close(retrieval.bert.logit_scale, model.bert.logit_scale)

@@ -106,7 +106,9 @@ def test_two_stage_equals_full_reranking_when_rerank_top_n_covers_the_gallery(fa
     full = fashion.rank_images(TEXTS[3], images, top_k=5)
     covered = FashionRetriever(fashion.model, fashion.processor, rerank_top_n=7).rank_images(TEXTS[3], images, top_k=5)
     assert covered.num_reranked == 7
-    assert torch.equal(covered.indices, full.indices) and torch.equal(covered.scores, full.scores)
+    assert torch.equal(covered.indices, full.indices)
+    # Same pairs, scored in other batches: equal up to the last bits of the matrix products (thread-count dependent).
+    torch.testing.assert_close(covered.scores, full.scores, rtol=1e-5, atol=1e-5)
     texts_full = fashion.rank_texts(images[0], TEXTS, top_k=4)
     texts_covered = FashionRetriever(fashion.model, fashion.processor, rerank_top_n=6).rank_texts(images[0], TEXTS, top_k=4)
     assert torch.equal(texts_covered.indices, texts_full.indices)

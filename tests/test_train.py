@@ -91,9 +91,9 @@ def test_defaults_are_the_embedded_demo_and_booleans_parse_strictly():
 
 
 def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path):
-    result = run_train(fashion_args(tiny_bert, tmp_path / "run"))
+    result = run_train(fashion_args(tiny_bert, tmp_path / "run", "--alignment_warmup_steps", "1", "--max_train_steps", "3"))
     final = tmp_path / "run" / "final"
-    assert "==== xmodal fashionbert ====" in result.stdout and "Rank@1/5/10" in result.stdout
+    assert "==== xmodal fashionbert (recipe quick) ====" in result.stdout and "Rank@1/5/10" in result.stdout
     results = json.loads((final / "eval_results.json").read_text())
     for key in ("image_to_text/R@1", "text_to_image/R@10", "tia/accuracy", "tia/auc"):
         assert key in results and 0 <= results[key] <= 100
@@ -107,11 +107,15 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
     card_metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
     assert card_metrics["image_to_text/R@1"] == pytest.approx(results["image_to_text/R@1"])
     history = json.loads((tmp_path / "run" / "train_history.json").read_text())
-    assert [h["step"] for h in history] == [1, 2]
-    assert all(0 < h[f"weight_{t}"] < 1 for h in history for t in ("mlm", "mpm", "tia"))
+    assert [h["step"] for h in history] == [1, 2, 3]
+    # a one-step alignment warm-up: alignment alone, a one-step blend (share 0 at its start), then eq. 6's weights
+    for h in history[:2]:
+        assert (h["weight_mlm"], h["weight_mpm"], h["weight_tia"]) == (0.0, 0.0, 1.0)
+        assert h["loss"] == pytest.approx(h["tia_loss"])
+    assert all(2 / 7 - 1e-6 < history[2][f"weight_{t}"] < 3 / 7 + 1e-6 for t in ("mlm", "mpm", "tia"))
     # The pictures: in the folder, shown by the card, readable PNGs.
     card_text = (final / "README.md").read_text()
-    for name in ("retrieval_text_to_image.png", "retrieval_image_to_text.png", "task_weights.png"):
+    for name in ("retrieval_text_to_image.png", "retrieval_image_to_text.png", "alignment_loss.png", "task_weights.png"):
         assert f"]({name})" in card_text
         with Image.open(final / name) as picture:
             assert picture.format == "PNG" and picture.width > picture.height > 0

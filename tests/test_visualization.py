@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from xmodal.visualization import save_retrieval_grid, save_task_weight_curves
+from xmodal.visualization import save_retrieval_grid, save_training_curves
 
 
 GREEN = (22, 163, 74)
@@ -71,7 +71,7 @@ HISTORY = [
 
 def test_task_weight_curves_pil_draws_one_coloured_line_per_task(tmp_path):
     path = tmp_path / "curves" / "weights.png"
-    assert save_task_weight_curves(HISTORY, path, backend="pil") == "pil"
+    assert save_training_curves(HISTORY, path, backend="pil") == "pil"
     image = np.asarray(PIL.Image.open(path).convert("RGB"))
     assert image.shape == (360, 640, 3)
     for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):  # mlm, mpm, tia
@@ -81,7 +81,7 @@ def test_task_weight_curves_pil_draws_one_coloured_line_per_task(tmp_path):
 
 def test_task_weight_curves_reads_train_history_json_and_reports_its_backend(tmp_path):
     history = json.loads(json.dumps(HISTORY))  # as train_history.json holds it
-    backend = save_task_weight_curves(history, tmp_path / "weights.png")
+    backend = save_training_curves(history, tmp_path / "weights.png")
     try:
         import matplotlib  # noqa: F401
 
@@ -93,6 +93,6 @@ def test_task_weight_curves_reads_train_history_json_and_reports_its_backend(tmp
 
 def test_task_weight_curves_errors(tmp_path):
     with pytest.raises(ValueError, match="nothing to plot"):
-        save_task_weight_curves([{"step": 1, "loss": 2.0}], tmp_path / "x.png")
+        save_training_curves([{"step": 1, "loss": 2.0}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="backend"):
-        save_task_weight_curves(HISTORY, tmp_path / "x.png", backend="svg")
+        save_training_curves(HISTORY, tmp_path / "x.png", backend="svg")

@@ -1,9 +1,9 @@
 """
-Pictures of what a model does: a retrieval grid (query -> top-k, ground truth marked) and the task-weight curves of
-FashionBERT's adaptive loss.
+Pictures of what a model does: a retrieval grid (query -> top-k, ground truth marked) and training curves (losses,
+FashionBERT's task weights).
 
-Both write PNGs with Pillow only; `save_task_weight_curves` uses matplotlib instead when it is installed (it is not a
-dependency of xmodal). `save_task_weight_curves(..., backend="pil")` forces the Pillow drawing.
+Both write PNGs with Pillow only; `save_training_curves` uses matplotlib instead when it is installed (it is not a
+dependency of xmodal). `save_training_curves(..., backend="pil")` forces the Pillow drawing.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import PIL.ImageDraw
 import PIL.ImageFont
 
 
-__all__ = ["save_retrieval_grid", "save_task_weight_curves", "TASK_WEIGHT_KEYS"]
+__all__ = ["save_retrieval_grid", "save_training_curves", "TASK_WEIGHT_KEYS"]
 
 # The keys train.py logs FashionBERT's task weights under (`loss_terms`).
-TASK_WEIGHT_KEYS = ("weight_mlm", "weight_mpm", "weight_tia")
+TASK_WEIGHT_KEYS = ("weight_mlm", "weight_mpm", "weight_tia", "weight_itc")
 
 _GREEN = (22, 163, 74)
 _GREY = (180, 180, 180)
@@ -151,21 +151,25 @@ def _curves(history: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict
     return curves
 
 
-def save_task_weight_curves(
+def save_training_curves(
     history: Sequence[Mapping[str, float]],
     path: str | os.PathLike,
     keys: Sequence[str] = TASK_WEIGHT_KEYS,
-    backend: str = "auto",
     title: str = "FashionBERT task weights",
+    ylabel: str = "weight",
+    references: Mapping[str, float] | None = None,
+    backend: str = "auto",
 ) -> str:
     """
-    Plot task weights against the step from a training history, as a PNG.
+    Plot columns of a training history against the step, as a PNG.
 
     Args:
         history: rows like train.py's `train_history.json` (`{"step": 10, "weight_mlm": 0.33, ...}`); rows without
             a key are skipped for that curve.
         path: the PNG to write (parent folders are created).
         keys: the columns to plot (default: FashionBERT's `weight_mlm`, `weight_mpm`, `weight_tia`).
+        title, ylabel: the chart's title and y-axis label.
+        references: horizontal dashed lines, `{label: y}` (e.g. `{"chance (ln 2)": 0.693}`).
         backend: `"matplotlib"`, `"pil"`, or `"auto"` (matplotlib when installed, else Pillow).
 
     Returns:
@@ -179,6 +183,7 @@ def save_task_weight_curves(
     curves = _curves(history, keys)
     if not curves:
         raise ValueError(f"no row of the history has any of {list(keys)}: nothing to plot.")
+    references = dict(references or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if backend in ("auto", "matplotlib"):
@@ -194,8 +199,10 @@ def save_task_weight_curves(
             figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
             for key, (steps, values) in curves.items():
                 axes.plot(steps, values, label=key, marker="o" if len(steps) == 1 else None)
+            for label, y in references.items():
+                axes.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
             axes.set_xlabel("step")
-            axes.set_ylabel("weight")
+            axes.set_ylabel(ylabel)
             axes.set_title(title)
             axes.legend()
             axes.grid(alpha=0.3)
@@ -203,11 +210,13 @@ def save_task_weight_curves(
             figure.savefig(path, format="png")
             plt.close(figure)
             return "matplotlib"
-    _draw_curves_pil(curves, path, title)
+    _draw_curves_pil(curves, path, title, references)
     return "pil"
 
 
-def _draw_curves_pil(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> None:
+def _draw_curves_pil(
+    curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str, references: Mapping[str, float]
+) -> None:
     """A plain line chart with axes, tick labels and a legend, drawn with Pillow."""
     width, height = 640, 360
     left, right, top, bottom = 60, 150, 30, 40
@@ -215,7 +224,7 @@ def _draw_curves_pil(curves: dict[str, tuple[list[float], list[float]]], path: P
     draw = PIL.ImageDraw.Draw(image)
     font = _font(12)
     xs = [x for steps, _ in curves.values() for x in steps]
-    ys = [y for _, values in curves.values() for y in values]
+    ys = [y for _, values in curves.values() for y in values] + list(references.values())
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     if x1 == x0:
@@ -240,6 +249,11 @@ def _draw_curves_pil(curves: dict[str, tuple[list[float], list[float]]], path: P
         draw.line([px, top + plot_h, px, top + plot_h + 4], fill=_INK)
         draw.text((px - 10, top + plot_h + 8), f"{x:g}", fill=_INK, font=font)
     draw.text((left + plot_w // 2 - 12, height - 16), "step", fill=_INK, font=font)
+    for n, (label, y) in enumerate(references.items()):
+        (px0, py), (px1, _) = to_pixel(x0, y), to_pixel(x1, y)
+        for start in range(int(px0), int(px1), 10):  # dashed
+            draw.line([start, py, min(start + 5, px1), py], fill=_GREY, width=1)
+        draw.text((left + plot_w + 12, top + plot_h - 18 * (n + 1)), label, fill=_GREY, font=font)
     for n, (key, (steps, values)) in enumerate(curves.items()):
         colour = _COLOURS[n % len(_COLOURS)]
         points = [to_pixel(x, y) for x, y in zip(steps, values)]

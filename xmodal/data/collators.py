@@ -82,7 +82,7 @@ class FashionBertPretrainingCollator:
     what `accelerate`'s `set_seed` seeds and what its checkpoints save and restore, so masks are reproducible and a
     resumed run draws exactly the masks an uninterrupted run would. With `DataLoader(num_workers > 0)` keep the
     default: every worker would get its own copy of a passed generator and repeat the same masks, while torch seeds
-    each worker's global RNG differently. Draw order per call: negatives (example by example), then MLM masks (row
+    each worker's global RNG differently. Draw order per call: negatives (example by example; under a curriculum, one uniform draw per example first), then MLM masks (row
     by row), then MPM masks (row by row).
 
     Args:
@@ -98,6 +98,15 @@ class FashionBertPretrainingCollator:
             Cap on masked tokens per row (the released code: 20). `None` = no cap.
         mpm_probability (`float`, *optional*, defaults to 0.10):
             Fraction of real patches masked for MPM. 0 disables MPM masking.
+        negative_curriculum_batches (`int`, *optional*, defaults to 0):
+            Batches over which the share of same-sub-category negatives rises from 0 to 1 (0 = same sub-category from
+            the start). The position in the curriculum is `batches_collated`, the number of batches built so far: set
+            it when resuming (train.py does), and keep the default `DataLoader(num_workers=0)`, since workers would
+            each count their own batches.
+        unmasked_batches (`int`, *optional*, defaults to 0):
+            The first this many batches (counted by `batches_collated`) get no MLM and no MPM masks (`labels` all
+            -100, `mpm_mask` all False): train.py sets it to the alignment warm-up, during which neither task is
+            trained, so masking would only hide the words and patches the alignment task needs.
         negatives_per_example (`int`, *optional*, defaults to 1):
             TIA negative rows added per example (0 = aligned rows only).
         patch_grid (`int`, *optional*, defaults to 8):
@@ -115,6 +124,9 @@ class FashionBertPretrainingCollator:
     max_predictions: int | None = None
     mpm_probability: float = 0.10
     negatives_per_example: int = 1
+    negative_curriculum_batches: int = 0
+    unmasked_batches: int = 0
+    batches_collated: int = 0
     patch_grid: int = 8
     pad_to_multiple_of: int | None = None
     generator: torch.Generator | None = None
@@ -135,6 +147,9 @@ class FashionBertPretrainingCollator:
         for name, minimum, optional in (
             ("max_predictions", 1, True),
             ("negatives_per_example", 0, False),
+            ("negative_curriculum_batches", 0, False),
+            ("unmasked_batches", 0, False),
+            ("batches_collated", 0, False),
             ("patch_grid", 1, False),
             ("pad_to_multiple_of", 1, True),
         ):
@@ -180,15 +195,24 @@ class FashionBertPretrainingCollator:
         negatives = self.sample_negatives(
             [example["subcategory"] for example in parsed], [example["product_id"] for example in parsed]
         )
+        unmasked = self.batches_collated < self.unmasked_batches
+        self.batches_collated += 1
         rows = [(index, index) for index in range(len(parsed))] + negatives  # (text example, image example)
 
         batch = self._collate_text([parsed[text] for text, _ in rows])
-        batch["input_ids"], batch["labels"] = self._mask_text_batch(batch["input_ids"], batch.pop("maskable"))
+        maskable = batch.pop("maskable")
+        if unmasked:
+            batch["labels"] = torch.full_like(batch["input_ids"], -100)
+        else:
+            batch["input_ids"], batch["labels"] = self._mask_text_batch(batch["input_ids"], maskable)
 
         images = [parsed[image]["image"] for _, image in rows]
         batch[image_key] = torch.stack(_common_float_dtype(images))
         batch["patch_mask"] = torch.stack([parsed[image]["patch_mask"] for _, image in rows])
-        batch["mpm_mask"] = torch.stack([self._mask_patches(mask) for mask in batch["patch_mask"]])
+        if unmasked:
+            batch["mpm_mask"] = torch.zeros(batch["patch_mask"].shape, dtype=torch.bool)
+        else:
+            batch["mpm_mask"] = torch.stack([self._mask_patches(mask) for mask in batch["patch_mask"]])
         batch["alignment_labels"] = torch.tensor([0] * len(parsed) + [1] * len(negatives), dtype=torch.long)
         return batch
 
@@ -216,6 +240,9 @@ class FashionBertPretrainingCollator:
             others = [j for j in range(len(products)) if products[j] != products[anchor]]
             if not others:
                 continue
+            if self.negative_curriculum_batches and self._rand(1).item() >= self.same_subcategory_share:
+                pairs.extend((anchor, others[i]) for i in self._randperm(len(others))[: self.negatives_per_example])
+                continue
             subcategory = subcategories[anchor]
             same = [j for j in others if subcategory is not None and subcategories[j] == subcategory]
             same_set = set(same)
@@ -223,6 +250,13 @@ class FashionBertPretrainingCollator:
             ordered = [same[i] for i in self._randperm(len(same))] + [rest[i] for i in self._randperm(len(rest))]
             pairs.extend((anchor, image) for image in ordered[: self.negatives_per_example])
         return pairs
+
+    @property
+    def same_subcategory_share(self) -> float:
+        """Probability that the next batch's examples look for same-sub-category negatives first."""
+        if not self.negative_curriculum_batches:
+            return 1.0
+        return min(1.0, self.batches_collated / self.negative_curriculum_batches)
 
     # ------------------------------------------------------------------ text
 

@@ -47,6 +47,7 @@ __all__ = [
     "render_garment",
     "describe_garment",
     "make_fashion_dataset",
+    "generate_fashion_columns",
     "fashion_dataset_features",
     "save_sample_grid",
 ]
@@ -985,6 +986,70 @@ def _encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _check_split_fractions(split_fractions) -> tuple[list[str], list[float]]:
+    if isinstance(split_fractions, Mapping):
+        split_names, fractions = list(split_fractions), list(split_fractions.values())
+    else:
+        fractions = list(split_fractions)
+        split_names = ["train", "validation", "test"][: len(fractions)]
+        if len(fractions) > 3:
+            raise ValueError(f"split_fractions must have at most 3 entries, got {len(fractions)}")
+    if any(x < 0 for x in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split_fractions must be non-negative with a positive sum, got {fractions}")
+    return split_names, fractions
+
+
+def generate_fashion_columns(
+    num_products: int = 2000,
+    views_per_product: int = 3,
+    image_size: int = 256,
+    seed: int = 0,
+    split_fractions: Sequence[float] | Mapping[str, float] = (0.8, 0.1, 0.1),
+    show_progress: bool | None = None,
+) -> dict[str, dict[str, list]]:
+    """
+    The rows of `make_fashion_dataset` as plain columns, `{split: {column: list}}`, without `datasets` (images as
+    `{"bytes": PNG, "path": None}`). Same arguments and the same rows as `make_fashion_dataset`.
+    """
+    from tqdm.auto import tqdm
+
+    if num_products < 1 or views_per_product < 1:
+        raise ValueError(
+            f"num_products and views_per_product must be >= 1, got {num_products} and {views_per_product}"
+        )
+    split_names, fractions = _check_split_fractions(split_fractions)
+    names = list(SUBCATEGORY_OPTIONS)
+    subcats = np.arange(num_products) % len(names)
+    split_of = _split_products(num_products, subcats, fractions, seed)
+    total = num_products * views_per_product
+    if show_progress is None:
+        show_progress = total >= 2000
+    column_names = ["image", "text", "product_id", "view", *FACTOR_COLUMNS]
+    columns: dict[str, list] = {name: [] for name in column_names}
+    rows_of_split: dict[int, list[int]] = {k: [] for k in range(len(split_names))}
+    width = max(5, len(str(num_products - 1)))
+    with tqdm(total=total, desc="Rendering synthetic garments", disable=not show_progress, unit="img") as bar:
+        for i in range(num_products):
+            rng = np.random.default_rng([seed, i, 0])
+            f = sample_garment_factors(rng, names[subcats[i]])
+            text = describe_garment(f, rng)
+            factor_values = asdict(f)
+            for v in range(views_per_product):
+                image = render_garment(f, image_size, np.random.default_rng([seed, i, 1 + v]))
+                rows_of_split[int(split_of[i])].append(len(columns["text"]))
+                columns["image"].append({"bytes": _encode_png(image), "path": None})
+                columns["text"].append(text)
+                columns["product_id"].append(f"syn-{i:0{width}d}")
+                columns["view"].append(v)
+                for name in FACTOR_COLUMNS:
+                    columns[name].append(factor_values[name])
+                bar.update(1)
+    return {
+        name: {c: [values[r] for r in rows_of_split[k]] for c, values in columns.items()}
+        for k, name in enumerate(split_names)
+    }
+
+
 def make_fashion_dataset(
     num_products: int = 2000,
     views_per_product: int = 3,
@@ -1012,56 +1077,17 @@ def make_fashion_dataset(
         then view, so a product's first row is view 0.
     """
     import datasets
-    from tqdm.auto import tqdm
 
-    if num_products < 1 or views_per_product < 1:
-        raise ValueError(
-            f"num_products and views_per_product must be >= 1, got {num_products} and {views_per_product}"
-        )
-    if isinstance(split_fractions, Mapping):
-        split_names, fractions = list(split_fractions), list(split_fractions.values())
-    else:
-        fractions = list(split_fractions)
-        split_names = ["train", "validation", "test"][: len(fractions)]
-        if len(fractions) > 3:
-            raise ValueError(f"split_fractions must have at most 3 entries, got {len(fractions)}")
-    if any(x < 0 for x in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split_fractions must be non-negative with a positive sum, got {fractions}")
-
-    names = list(SUBCATEGORY_OPTIONS)
-    subcats = np.arange(num_products) % len(names)
-    split_of = _split_products(num_products, subcats, fractions, seed)
-    total = num_products * views_per_product
-    if show_progress is None:
-        show_progress = total >= 2000
-    columns: dict[str, list] = {name: [] for name in fashion_dataset_features()}
-    rows_of_split: dict[int, list[int]] = {k: [] for k in range(len(split_names))}
-    width = max(5, len(str(num_products - 1)))
-    with tqdm(total=total, desc="Rendering synthetic garments", disable=not show_progress, unit="img") as bar:
-        for i in range(num_products):
-            rng = np.random.default_rng([seed, i, 0])
-            f = sample_garment_factors(rng, names[subcats[i]])
-            text = describe_garment(f, rng)
-            factor_values = asdict(f)
-            for v in range(views_per_product):
-                image = render_garment(f, image_size, np.random.default_rng([seed, i, 1 + v]))
-                rows_of_split[int(split_of[i])].append(len(columns["text"]))
-                columns["image"].append({"bytes": _encode_png(image), "path": None})
-                columns["text"].append(text)
-                columns["product_id"].append(f"syn-{i:0{width}d}")
-                columns["view"].append(v)
-                for name in FACTOR_COLUMNS:
-                    columns[name].append(factor_values[name])
-                bar.update(1)
+    splits = generate_fashion_columns(
+        num_products, views_per_product, image_size, seed, split_fractions, show_progress
+    )
     features = fashion_dataset_features()
-    out = {}
-    for k, name in enumerate(split_names):
-        rows = rows_of_split[k]
-        out[name] = datasets.Dataset.from_dict(
-            {c: [values[r] for r in rows] for c, values in columns.items()}, features=features,
-            split=datasets.NamedSplit(name),
-        )
-    return datasets.DatasetDict(out)
+    return datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(columns, features=features, split=datasets.NamedSplit(name))
+            for name, columns in splits.items()
+        }
+    )
 
 
 def save_sample_grid(dataset, path: str, n: int = 16, columns: int = 4, tile_size: int = 256, seed: int | None = None):

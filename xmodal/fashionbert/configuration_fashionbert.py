@@ -21,7 +21,7 @@ PATCH_ENCODER_TYPES = ("resnet", "pixels")
 PATCH_FEATURE_MODES = ("crop", "grid")
 MPM_KL_DIRECTIONS = ("paper", "code")
 TASK_WEIGHTINGS = ("gradient", "loss_softmax", "fixed")
-ALIGNMENT_POOLINGS = ("cls", "text_patch_product")
+ALIGNMENT_POOLINGS = ("cls", "text_patch_product", "text_patch_bilinear")
 
 # Ceilings on sizes, far above any real model (bert-large: 30522 words, 1024 hidden, 24 layers; the paper's images:
 # 256 pixels in 8x8 patches): a malicious or corrupt config.json is refused before a model allocates its weights.
@@ -37,6 +37,7 @@ MAX_FIELD_VALUES = {
     "patch_grid": 2**8,
     "patch_crop_size": 2**12,
     "mlm_max_predictions": 2**20,
+    "contrastive_projection_dim": 2**16,
 }
 MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
 
@@ -134,23 +135,43 @@ class FashionBertConfig(PreTrainedConfig):
               cross-encoder; the product hands the head a text-image interaction directly instead of waiting for
               `[CLS]` to learn one, which an encoder without a trained `[CLS]` (the packaged MiniLM, trained with
               mean pooling) does not reach within the synthetic demo's CPU budget.
+            - `"text_patch_bilinear"`: this project's addition: low-rank bilinear pooling (Kim et al., ICLR 2017) of
+              the same two means, `tanh(text_projection(norm(t)) * patch_projection(norm(p)))`, each mean
+              standardised per feature (BatchNorm without affine; running statistics in evaluation, so a pair's score
+              does not depend on its batch). Unlike the elementwise product, every unit compares the modalities in
+              coordinates it learns, and the standardisation removes the large component that encoder states share
+              across examples; from the packaged MiniLM this head learns alignment within tens of steps where `[CLS]`
+              and the product do not (README, "Getting FashionBERT off its plateau").
         task_weighting (`str`, defaults to `"gradient"`): how MLM, MPM and TIA losses are weighted into `loss`.
-            - `"gradient"`: the paper's adaptive loss (eq. 4-6): every training step, `g_i` = L2 norm of the gradient
-              of task loss `l_i` w.r.t. the parameters of the last encoder layer (`bert.encoder.layer[-1]`, the
-              layer all three tasks share last), then eq. 6: `w_i = (L - g_i^2)^-1 / sum_j (L - g_j^2)^-1`, `L` = the
-              number of tasks present in the batch. Weights are detached (no gradient through them). Eq. 6 needs
-              `g_i^2 < L`, and the paper does not say w.r.t. which parameters the norms are taken, so their scale is
-              arbitrary (on MiniLM's last layer they are far above sqrt(L)); this implementation therefore uses
-              the shares `g_i^2 / sum_j g_j^2` in place of `g_i^2`: eq. 6 is always defined, only relative gradient
-              sizes matter, and for L = 3 the weights lie in [2/7, 3/7], the range of the paper's Figure 4 and of
-              the released code. All-zero norms give equal weights; NaN norms count as 0 and infinite ones share the
-              whole mass, so weights are always finite, positive and sum
-              to 1. Outside training (eval mode, grad disabled, or the last layer frozen) the weights are equal.
-              Needs non-reentrant activation checkpointing (transformers' default) if checkpointing is on.
+            - `"gradient"`: the paper's adaptive loss (eq. 4-6), `w_i = (L - g_i^2)^-1 / sum_j (L - g_j^2)^-1` with `L`
+              the number of tasks present in the batch, recomputed every training step. The paper does not say
+              w.r.t. which parameters the norms `g_i` are taken, and eq. 6 is only defined while every `g_i^2 < L`.
+              This implementation measures where the tasks can be compared: `g_i` is the L2 norm of the gradient of
+              task loss `l_i` w.r.t. the last hidden states, which all three heads read (the shared representation
+              of MGDA-UB, Sener & Koltun 2018; one backward through the small heads instead of through a layer),
+              divided by the running mean of that norm (momentum `task_gradient_momentum`), so each task's gradient
+              counts relative to its own usual size rather than in units that differ by orders of magnitude between
+              a 30522-way softmax and a 2-way one. Eq. 6 then runs on the shares `g_i^2 / sum_j g_j^2`, which keeps
+              it defined: the weights lie in [2/7, 3/7] for L = 3 (the range of the paper's Figure 4), a task whose
+              gradient is larger than usual gets more weight, and the weights move during training. Weights are
+              detached. All-zero norms give equal weights; NaN norms count as 0 and infinite ones share the whole
+              mass, so weights are always finite, positive and sum to 1. Outside training (eval mode or grad
+              disabled) the weights are equal.
             - `"loss_softmax"`: the released code: `w_i ∝ 1 / (L - softmax(losses)_i^2)`, normalised, with the
               gradient flowing through the weights (no stop-gradient), exactly as in EasyTransfer.
             - `"fixed"`: `w_i = 1 / L` (the paper's ablation baseline).
             Tasks with nothing to predict in a batch are left out and the weights renormalised over the rest.
+        task_gradient_momentum (`float`, defaults to 0.9): momentum of the running mean of each task's gradient
+            norm that `task_weighting="gradient"` divides by; each step's norm is compared with the mean of the steps
+            before it (0 = with the previous step's norm alone). Must be in [0, 1).
+        contrastive_projection_dim (`int`, *optional*): this project's addition, off (None) in the paper. An int adds
+            dual-encoder heads to the shared encoder (CLIP's `text_projection`, `visual_projection` and `logit_scale`):
+            the text alone and the patches alone go through the same BERT, are mean-pooled and projected to unit
+            vectors of this size, and a fourth task, image-text contrastive learning (symmetric InfoNCE over the
+            aligned pairs of a batch, as ALBEF's ITC), trains them together with MLM, MPM and TIA under the same task
+            weighting. `get_text_embeddings` / `get_image_embeddings` then give embeddings for a first search stage.
+        contrastive_logit_scale_init (`float`, defaults to 2.6592): initial log inverse temperature of the contrastive
+            task (CLIP's `logit_scale_init_value`, ln(1 / 0.07)).
         sparse_prediction (`bool`, defaults to `True`): when MLM `labels` are given, run the MLM head only on the
             predicted positions of aligned rows, so `mlm_logits` is `(num_predicted, vocab_size)` (row-major order of
             those positions). The vocabulary projection of every text position would cost about as much as MiniLM's
@@ -213,6 +234,9 @@ class FashionBertConfig(PreTrainedConfig):
     mpm_kl_direction: str = "paper"
     task_weighting: str = "gradient"
     alignment_pooling: str = "cls"
+    task_gradient_momentum: float = 0.9
+    contrastive_projection_dim: int | None = None
+    contrastive_logit_scale_init: float = 2.6592
     sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
@@ -328,6 +352,11 @@ class FashionBertConfig(PreTrainedConfig):
             )
         probability("mlm_probability")
         probability("mpm_probability")
+        probability("task_gradient_momentum", low_open=False)
+        if self.contrastive_projection_dim is not None and self.contrastive_projection_dim < 1:
+            errors.append(
+                f"`contrastive_projection_dim` must be None or a positive integer, got {self.contrastive_projection_dim}."
+            )
         if self.mlm_max_predictions is not None and self.mlm_max_predictions < 1:
             errors.append(f"`mlm_max_predictions` must be None or a positive integer, got {self.mlm_max_predictions}.")
         one_of("mpm_kl_direction", MPM_KL_DIRECTIONS)

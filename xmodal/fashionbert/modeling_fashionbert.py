@@ -44,11 +44,13 @@ __all__ = [
     "FashionBertForImageTextRetrievalOutput",
     "gradient_task_weights",
     "loss_softmax_task_weights",
+    "image_text_contrastive_loss",
     "masked_patch_kl",
 ]
 
-# Order of the three pretraining tasks in `task_weights`.
-TASKS = ("mlm", "mpm", "tia")
+# Order of the pretraining tasks in `task_weights`: the paper's three, then the image-text contrastive task when the
+# config has dual-encoder heads (`contrastive_projection_dim`).
+TASKS = ("mlm", "mpm", "tia", "itc")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -136,6 +138,30 @@ def masked_patch_kl(logits: torch.Tensor, target_features: torch.Tensor, directi
     raise ValueError(f"`direction` must be 'paper' or 'code', got {direction!r}.")
 
 
+def image_text_contrastive_loss(
+    text_embeddings: torch.Tensor, image_embeddings: torch.Tensor, logit_scale: torch.Tensor, same_text: torch.Tensor | None = None
+) -> torch.Tensor:
+    """
+    Symmetric InfoNCE over a batch of aligned pairs (CLIP; ALBEF's image-text contrastive task): row `i` of each side
+    is the positive of row `i` of the other, every other row a negative.
+
+    Args:
+        text_embeddings, image_embeddings: `(N, D)` unit-length embeddings of N aligned pairs.
+        logit_scale: log of the inverse temperature (clamped to 100 after `exp`, as CLIP).
+        same_text: `(N, N)` bool, *optional*: pairs of rows with the same caption, which are not each other's
+            negatives (two views of one product, or two products described alike).
+
+    Returns:
+        The mean of the text-to-image and image-to-text cross-entropies (float32).
+    """
+    logits = logit_scale.exp().clamp(max=100) * text_embeddings.float() @ image_embeddings.float().T
+    if same_text is not None:
+        others = same_text & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(others, torch.finfo(logits.dtype).min)
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 def _zero_loss_like(tensor: torch.Tensor) -> torch.Tensor:
     """A zero loss still attached to `tensor`'s graph: the head gets zero gradients, so DDP sees it used."""
     return tensor.reshape(-1)[:1].float().sum() * 0.0
@@ -161,8 +187,10 @@ class FashionBertForPreTrainingOutput(ModelOutput):
             `config.mpm_kl_direction`), averaged over masked patches of aligned rows; 0 when there is none.
         tia_loss (`torch.FloatTensor` of shape `()`, *optional*): text-image alignment cross-entropy over all rows; 0
             without `alignment_labels`.
-        task_weights (`torch.FloatTensor` of shape `(3,)`, *optional*): weights of (mlm, mpm, tia), detached; 0 for a
-            task absent from the batch, the others sum to 1.
+        itc_loss (`torch.FloatTensor` of shape `()`, *optional*): with `config.contrastive_projection_dim`, the
+            image-text contrastive loss of the aligned rows' unimodal embeddings; 0 with fewer than two such rows.
+        task_weights (`torch.FloatTensor` of shape `(num_tasks,)`, *optional*): weights of (mlm, mpm, tia[, itc]),
+            detached; 0 for a task absent from the batch, the others sum to 1.
         mlm_logits (`torch.FloatTensor` of shape `(batch_size, text_length, vocab_size)`): MLM scores of every text
             position; with `labels` and `config.sparse_prediction` (the default) only those of the predicted
             positions of aligned rows, `(num_predicted, vocab_size)`.
@@ -180,6 +208,7 @@ class FashionBertForPreTrainingOutput(ModelOutput):
     mlm_loss: torch.FloatTensor | None = None
     mpm_loss: torch.FloatTensor | None = None
     tia_loss: torch.FloatTensor | None = None
+    itc_loss: torch.FloatTensor | None = None
     task_weights: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mpm_logits: torch.FloatTensor | None = None
@@ -289,6 +318,40 @@ class FashionBertTextPatchPooler(nn.Module):
         return self.activation(self.projection(text * patches))
 
 
+class FashionBertBilinearPooler(nn.Module):
+    """
+    `alignment_pooling="text_patch_bilinear"`: low-rank bilinear pooling (Kim et al., "Hadamard Product for Low-rank
+    Bilinear Pooling", ICLR 2017) of the joint encoder's mean text state `t` and mean patch state `p` (padding
+    excluded): `tanh(text_projection(norm(t)) * patch_projection(norm(p)))`. Each output unit is a rank-one bilinear
+    form `(u_k . t)(v_k . p)`, so the head can compare the two modalities in coordinates it learns, which an
+    elementwise product of `t` and `p` cannot. `norm` standardises every feature (BatchNorm without affine: batch
+    statistics in training, running statistics in evaluation, so a pair's score never depends on its batch): encoder
+    states share a large common component across examples that otherwise hides the differences between pairs.
+    """
+
+    def __init__(self, config: FashionBertConfig):
+        super().__init__()
+        self.text_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+        self.patch_norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+        self.text_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.patch_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor, text_mask: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        text_length = text_mask.shape[1]
+        text = _standardise(self.text_norm, _masked_mean(hidden_states[:, :text_length], text_mask))
+        patches = _standardise(self.patch_norm, _masked_mean(hidden_states[:, text_length:], patch_mask))
+        return self.activation(self.text_projection(text) * self.patch_projection(patches))
+
+
+def _standardise(norm: nn.BatchNorm1d, features: torch.Tensor) -> torch.Tensor:
+    """`norm(features)`, with the running statistics for a batch of one row (batch statistics need two)."""
+    use_batch = norm.training and features.shape[0] > 1
+    return F.batch_norm(
+        features, norm.running_mean, norm.running_var, training=use_batch, momentum=norm.momentum, eps=norm.eps
+    )
+
+
 def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over dim 1 of `(B, L, H)` states where `mask` `(B, L)` is 1 (at least one position counted)."""
     weights = mask.to(states.dtype).unsqueeze(-1)
@@ -348,6 +411,10 @@ class FashionBertPreTrainedModel(PreTrainedModel):
             init.zeros_(module.token_type_ids)
         elif isinstance(module, FashionBertPatchEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        if getattr(module, "task_gradient_norm_mean", None) is not None:
+            init.zeros_(module.task_gradient_norm_mean)
+        if isinstance(getattr(module, "logit_scale", None), nn.Parameter):
+            init.constant_(module.logit_scale, self.config.contrastive_logit_scale_init)
 
 
 class FashionBertModel(FashionBertPreTrainedModel):
@@ -375,10 +442,17 @@ class FashionBertModel(FashionBertPreTrainedModel):
             self.patch_encoder = FashionBertPixelPatchifier(config)
         self.patch_embeddings = FashionBertPatchEmbeddings(config)
         self.encoder = BertEncoder(config)
+        if config.contrastive_projection_dim is not None:
+            # Dual-encoder heads (CLIP's names): text alone and patches alone through the same encoder.
+            self.text_projection = nn.Linear(config.hidden_size, config.contrastive_projection_dim, bias=False)
+            self.visual_projection = nn.Linear(config.hidden_size, config.contrastive_projection_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(config.contrastive_logit_scale_init))
         if not add_pooling_layer:
             self.pooler = None
         elif config.alignment_pooling == "text_patch_product":
             self.pooler = FashionBertTextPatchPooler(config)
+        elif config.alignment_pooling == "text_patch_bilinear":
+            self.pooler = FashionBertBilinearPooler(config)
         else:
             self.pooler = BertPooler(config)
 
@@ -453,6 +527,70 @@ class FashionBertModel(FashionBertPreTrainedModel):
             pooled = self.patch_encoder(pixel_values=crops, return_dict=True).pooler_output
             features.append(pooled.flatten(1))
         return torch.cat(features).reshape(batch_size, config.num_patches, -1)
+
+    def _encode_alone(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of one modality's embeddings through the encoder on their own."""
+        encoder_mask = create_bidirectional_mask(config=self.config, inputs_embeds=embeddings, attention_mask=mask)
+        return self.encoder(embeddings, attention_mask=encoder_mask).last_hidden_state
+
+    def _require_projections(self) -> None:
+        if self.config.contrastive_projection_dim is None:
+            raise ValueError(
+                "this FashionBERT has no dual-encoder heads: set `contrastive_projection_dim` in its config (and train "
+                "them) to get text and image embeddings."
+            )
+
+    def text_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`[CLS] text [SEP]` alone through the encoder: `(batch_size, text_length, hidden_size)`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self._encode_alone(self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids), attention_mask)
+
+    def image_hidden_states(self, patch_features: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The patches alone through the encoder: `(batch_size, num_patches, hidden_size)`."""
+        if patch_mask is None:
+            patch_mask = torch.ones(patch_features.shape[:2], dtype=torch.long, device=patch_features.device)
+        embeddings = self.patch_embeddings(
+            patch_features.to(self.patch_embeddings.projection.weight.dtype), self.embeddings.token_type_embeddings
+        )
+        return self._encode_alone(embeddings, patch_mask)
+
+    def project_text(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-length text embeddings from `text_hidden_states`: masked mean, `text_projection`, L2 norm."""
+        return F.normalize(self.text_projection(_masked_mean(hidden_states, attention_mask)), dim=-1)
+
+    def project_image(self, hidden_states: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-length image embeddings from `image_hidden_states`: masked mean, `visual_projection`, L2 norm."""
+        return F.normalize(self.visual_projection(_masked_mean(hidden_states, patch_mask)), dim=-1)
+
+    def get_text_embeddings(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Unit-length embeddings of texts encoded alone, `(batch_size, contrastive_projection_dim)`: compare them with
+        `get_image_embeddings` by a dot product (the first stage of a search; the cross-encoder re-ranks).
+        """
+        self._require_projections()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.project_text(self.text_hidden_states(input_ids, attention_mask, token_type_ids), attention_mask)
+
+    def get_image_embeddings(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        patch_features: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unit-length embeddings of images encoded alone, `(batch_size, contrastive_projection_dim)` (see
+        `get_text_embeddings`). Pass exactly one of `pixel_values` and `patch_features`."""
+        self._require_projections()
+        given = patch_features if patch_features is not None else pixel_values
+        features = self._resolve_patch_features(pixel_values, patch_features, 0 if given is None else given.shape[0])
+        if patch_mask is None:
+            patch_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+        return self.project_image(self.image_hidden_states(features, patch_mask), patch_mask)
 
     def load_patch_encoder_weights(self, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> None:
         """
@@ -561,7 +699,7 @@ class FashionBertModel(FashionBertPreTrainedModel):
         sequence_output = encoder_outputs.last_hidden_state
         if self.pooler is None:
             pooled_output = None
-        elif isinstance(self.pooler, FashionBertTextPatchPooler):
+        elif isinstance(self.pooler, (FashionBertTextPatchPooler, FashionBertBilinearPooler)):
             pooled_output = self.pooler(sequence_output, attention_mask, patch_mask)
         else:
             pooled_output = self.pooler(sequence_output)
@@ -589,10 +727,10 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
     `cls.seq_relationship`.
 
     Adaptive weights (`task_weighting="gradient"`) are computed inside `forward` with `torch.autograd.grad` w.r.t.
-    the last encoder layer's parameters (`retain_graph=True`): gradients are returned, never accumulated into
-    `.grad`, so DistributedDataParallel's reducer hooks do not fire and a single `loss.backward()` follows as usual.
-    Each process weighs its own local batch (no collective inside `forward`). It needs non-reentrant activation
-    checkpointing (transformers' default) when checkpointing is on. A task absent from a batch contributes a zero
+    the last hidden states (`retain_graph=True`): gradients are returned, never accumulated into `.grad`, so
+    DistributedDataParallel's reducer hooks do not fire and a single `loss.backward()` follows as usual. Each process
+    weighs its own local batch (no collective inside `forward`) and keeps its own running means of the norms (the
+    buffer `task_gradient_norm_mean`, saved with the weights). A task absent from a batch contributes a zero
     loss still attached to its head, so every trainable parameter receives a (zero) gradient and DDP needs no
     `find_unused_parameters`. The frozen patch encoder has `requires_grad=False` and is outside DDP's reducer.
     With fp16 autocast the task gradients are taken on the unscaled losses and may underflow to 0 (the guard then
@@ -603,11 +741,16 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
+    # Training state, not a weight: a checkpoint without it (a BERT, an older FashionBERT) starts it at zero.
+    _keys_to_ignore_on_load_missing = [r"task_gradient_norm_mean"]
 
     def __init__(self, config: FashionBertConfig):
         super().__init__(config)
         self.bert = FashionBertModel(config)
         self.cls = FashionBertPreTrainingHeads(config)
+        self.tasks = TASKS if config.contrastive_projection_dim is not None else TASKS[:3]
+        # Running mean of each task's gradient norm (task_weighting="gradient"); saved, so a resumed run continues it.
+        self.register_buffer("task_gradient_norm_mean", torch.zeros(len(self.tasks)))
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -616,10 +759,6 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """The parameters the "gradient" weighting measures task gradients on: the last encoder layer's."""
-        return [p for p in self.bert.encoder.layer[-1].parameters() if p.requires_grad]
 
     @can_return_tuple
     def forward(
@@ -675,14 +814,24 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         mpm_logits = self.cls.patch_predictions(sequence_output[:, text_length:])
         tia_logits = self.cls.seq_relationship(outputs.pooler_output)
 
-        loss = mlm_loss = mpm_loss = tia_loss = task_weights = None
+        loss = mlm_loss = mpm_loss = tia_loss = itc_loss = task_weights = None
         if labels is not None or mpm_mask is not None or alignment_labels is not None:
             mlm_loss, mlm_present = self._mlm_loss(mlm_logits, mlm_targets)
             mpm_loss, mpm_present = self._mpm_loss(mpm_logits, features, mpm_mask, patch_mask, aligned)
             tia_loss, tia_present = self._tia_loss(tia_logits, alignment_labels)
-            losses = torch.stack([mlm_loss, mpm_loss, tia_loss])
-            present = torch.tensor([mlm_present, mpm_present, tia_present], device=losses.device)
-            weights = self._task_weights(losses, present)
+            task_losses = [mlm_loss, mpm_loss, tia_loss]
+            present = [mlm_present, mpm_present, tia_present]
+            shared_states = [(sequence_output,)] * 3  # what each task's head reads (for task_weighting="gradient")
+            if "itc" in self.tasks:
+                itc_loss, itc_present, unimodal_states = self._itc_loss(
+                    input_ids, attention_mask, token_type_ids, labels, features, patch_mask, aligned
+                )
+                task_losses.append(itc_loss)
+                present.append(itc_present)
+                shared_states.append(unimodal_states)
+            losses = torch.stack(task_losses)
+            present = torch.tensor(present, device=losses.device)
+            weights = self._task_weights(losses, present, shared_states)
             loss = (weights * losses).sum()
             task_weights = weights.detach()
 
@@ -691,6 +840,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             mlm_loss=mlm_loss,
             mpm_loss=mpm_loss,
             tia_loss=tia_loss,
+            itc_loss=itc_loss,
             task_weights=task_weights,
             mlm_logits=mlm_logits,
             mpm_logits=mpm_logits,
@@ -742,9 +892,51 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             return _zero_loss_like(logits), False
         return F.cross_entropy(logits.float(), alignment_labels.to(logits.device).long().reshape(-1)), True
 
-    def _task_weights(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """`(3,)` weights of (mlm, mpm, tia): 0 for absent tasks, the rule of `config.task_weighting` for the rest."""
-        weights = torch.zeros(3, dtype=losses.dtype, device=losses.device)
+    def _itc_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        features: torch.Tensor,
+        patch_mask: torch.Tensor | None,
+        aligned: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, bool, tuple[torch.Tensor, ...]]:
+        """
+        The image-text contrastive loss of the aligned rows, each modality encoded alone, from the inputs before MLM
+        and MPM masking (the original token ids are restored from `labels`; MPM zeroes features only inside the
+        joint pass). Also returns the unimodal last hidden states (what this task's heads read).
+        """
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        if aligned is not None:
+            rows = rows[aligned]
+        if rows.numel() < 2:
+            return _zero_loss_like(self.bert.logit_scale), False, ()
+        ids = input_ids[rows]
+        if labels is not None:
+            original = labels[rows]  # -100 where not predicted (also where MLM was dropped for a non-aligned row)
+            ids = torch.where(original != -100, original, ids)
+        text_mask = torch.ones_like(ids) if attention_mask is None else attention_mask[rows].to(ids.device)
+        types = None if token_type_ids is None else token_type_ids[rows]
+        image_mask = torch.ones(features.shape[:2], dtype=torch.long, device=ids.device) if patch_mask is None else patch_mask
+        image_mask = image_mask[rows].to(ids.device)
+        text_states = self.bert.text_hidden_states(ids, text_mask, types)
+        image_states = self.bert.image_hidden_states(features[rows].to(ids.device), image_mask)
+        real = text_mask.bool()
+        same_text = ((ids[:, None] == ids[None]) & (real[:, None] == real[None])).all(-1)
+        loss = image_text_contrastive_loss(
+            self.bert.project_text(text_states, text_mask),
+            self.bert.project_image(image_states, image_mask),
+            self.bert.logit_scale,
+            same_text,
+        )
+        return loss, True, (text_states, image_states)
+
+    def _task_weights(
+        self, losses: torch.Tensor, present: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
+    ) -> torch.Tensor:
+        """`(num_tasks,)` weights: 0 for absent tasks, the rule of `config.task_weighting` for the rest."""
+        weights = torch.zeros(len(losses), dtype=losses.dtype, device=losses.device)
         if not present.any():
             return weights
         index = present.nonzero().flatten()
@@ -754,38 +946,38 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         elif self.config.task_weighting == "loss_softmax":
             present_weights = loss_softmax_task_weights(losses[index])
         else:
-            norms = self._task_gradient_norms([losses[i] for i in index.tolist()])
+            norms = self._relative_task_gradient_norms(losses, index, shared_states)
             present_weights = equal if norms is None else gradient_task_weights(norms).to(losses)
         return weights.index_put((index,), present_weights)
 
-    def _task_gradient_norms(self, task_losses: list[torch.Tensor]) -> torch.Tensor | None:
+    def _relative_task_gradient_norms(
+        self, losses: torch.Tensor, index: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
+    ) -> torch.Tensor | None:
         """
-        L2 norm of each task loss's gradient w.r.t. `shared_parameters()`, or None (-> equal weights) outside
-        training, with gradients disabled, or when nothing there requires grad.
+        For each present task `i`: `g_i / m_i`, the L2 norm of its loss's gradient w.r.t. the last hidden states its
+        heads read (`shared_states[i]`: the joint pass for MLM, MPM and TIA; the two unimodal passes for ITC),
+        divided by the running mean `m_i` of that norm (updated here, momentum `config.task_gradient_momentum`).
+        None (-> equal weights) outside training or with gradients disabled.
         """
-        parameters = self.shared_parameters()
-        if not (self.training and torch.is_grad_enabled() and parameters):
+        if not (self.training and torch.is_grad_enabled()):
             return None
-        norms = []
-        reached = False
-        for task_loss in task_losses:
-            if not task_loss.requires_grad:
-                norms.append(torch.zeros((), dtype=torch.float64, device=task_loss.device))
-                continue
-            # Gradients are returned, not accumulated into .grad (DDP's hooks do not fire); the graph is kept for
-            # the caller's backward.
-            grads = torch.autograd.grad(task_loss, parameters, retain_graph=True, allow_unused=True)
-            reached = reached or any(g is not None for g in grads)
-            squared = sum(g.detach().to(torch.float64).pow(2).sum() for g in grads if g is not None)
-            norms.append(torch.as_tensor(squared, dtype=torch.float64, device=task_loss.device).sqrt())
-        if not reached:
-            # Every head reads the last layer, so this only happens when its parameters are outside the graph.
-            raise RuntimeError(
-                "task_weighting='gradient' could not reach the last encoder layer's parameters in the autograd graph. "
-                "Reentrant activation checkpointing hides them: enable checkpointing with use_reentrant=False "
-                "(transformers' default), or use task_weighting='loss_softmax' or 'fixed'."
-            )
-        return torch.stack(norms)
+        relative = []
+        for task in index.tolist():
+            task_loss, states = losses[task], [t for t in shared_states[task] if t.requires_grad]
+            norm = torch.zeros((), dtype=torch.float64, device=losses.device)
+            if task_loss.requires_grad and states:
+                # Gradients w.r.t. activations, not parameters: cheap (only the heads' backward runs), nothing is
+                # accumulated into .grad (DDP's hooks do not fire), and the graph is kept for the caller's backward.
+                grads = torch.autograd.grad(task_loss, states, retain_graph=True, allow_unused=True)
+                squared = sum(g.detach().to(torch.float64).pow(2).sum() for g in grads if g is not None)
+                norm = torch.nan_to_num(torch.as_tensor(squared, dtype=torch.float64, device=losses.device).sqrt(), posinf=math.inf)
+            mean = self.task_gradient_norm_mean[task].to(torch.float64)
+            if math.isfinite(norm.item()):
+                momentum = self.config.task_gradient_momentum
+                updated = norm if mean <= 0 else momentum * mean + (1 - momentum) * norm
+                self.task_gradient_norm_mean[task] = updated.to(self.task_gradient_norm_mean.dtype)
+            relative.append(norm / mean if mean > 0 else torch.ones_like(norm))
+        return torch.stack(relative)
 
 
 class FashionBertForImageTextRetrieval(FashionBertPreTrainedModel):
@@ -795,6 +987,9 @@ class FashionBertForImageTextRetrieval(FashionBertPreTrainedModel):
     [`FashionBertForPreTraining`], so a pretraining checkpoint loads with only the MLM/MPM heads unused (the paper
     evaluates the pretrained model directly).
     """
+
+    # The pretraining model's training state (running means of task gradient norms) is not needed to rank.
+    _keys_to_ignore_on_load_unexpected = [r"task_gradient_norm_mean"]
 
     def __init__(self, config: FashionBertConfig):
         super().__init__(config)
