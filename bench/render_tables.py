@@ -203,6 +203,16 @@ def quality_fashionbert_sweep(r: dict) -> str:
             + table(["setting", "data", "seeds", "i→t R@1", "t→i R@1", "AUC"], rows) + f"\n\n`{r['command']}`")
 
 
+def probe_alignment_heads(r: dict) -> str:
+    rows = []
+    for name, by_steps in r["heads"].items():
+        rows.append([name] + [f"{m['auc']:.2f} / {m['t2i_R@1_in_subcategory']:.0f} / {m['i2t_R@1_in_subcategory']:.0f}"
+                              for m in by_steps.values()])
+    steps = list(next(iter(r["heads"].values())))
+    return ("### Alignment heads on the frozen encoder at initialisation (AUC / t→i R@1 / i→t R@1 within the "
+            "sub-category, %)\n\n" + table(["head, lr"] + [f"step {k}" for k in steps], rows) + f"\n\n`{r['command']}`")
+
+
 RENDERERS = {
     "random_scorers": random_scorers,
     "probe_activity_descriptor": probe_activity_descriptor,
@@ -214,6 +224,7 @@ RENDERERS = {
     "quality_fashionbert": quality_fashionbert,
     "quality_fashionbert_timing": quality_fashionbert_timing,
     "quality_fashionbert_sweep": quality_fashionbert_sweep,
+    "probe_alignment_heads": probe_alignment_heads,
 }
 
 
