@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight_decay", type=float, default=1e-4, help="Weight decay (paper: 1e-4).")
     train.add_argument("--num_train_epochs", type=int, default=None, help="Epochs. FashionBERT: recipe (paper 10; quick trains --max_train_steps 150 unless epochs are given); MAP-IVR: 30.")
     train.add_argument("--max_train_steps", type=int, default=None, help="Total optimisation steps; overrides --num_train_epochs.")
-    train.add_argument("--max_train_minutes", type=float, default=None, help="Stop training after this many minutes (FashionBERT recipe: quick 7.5, paper none); evaluation and saving follow.")
+    train.add_argument("--max_train_minutes", type=float, default=None, help="Stop training after this many minutes (FashionBERT recipe: quick 7, paper none); evaluation and saving follow.")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimisation step.")
     train.add_argument("--lr_scheduler_type", type=SchedulerType, default="linear", choices=list(SchedulerType), help="Learning-rate schedule after warmup (paper: linear decay).")
     train.add_argument("--num_warmup_steps", type=int, default=None, help="Learning-rate warmup steps. FashionBERT recipe: quick 10%% of training, paper 5000; MAP-IVR: 10%% of training.")

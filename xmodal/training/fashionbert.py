@@ -65,7 +65,7 @@ FASHIONBERT_RECIPES: dict[str, FashionBertRecipe] = {
             name="quick",
             description="minutes on a CPU: 128 px, the bilinear alignment head, new modules at 10x the learning rate, "
             "an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the adaptive weights), "
-            "150 steps (at most 7.5 minutes)",
+            "150 steps (at most 7 minutes)",
             image_size=128,
             max_text_length=64,
             alignment_pooling="text_patch_bilinear",
@@ -77,7 +77,7 @@ FASHIONBERT_RECIPES: dict[str, FashionBertRecipe] = {
             num_warmup_steps=None,
             num_train_epochs=2,
             max_train_steps=150,
-            max_train_minutes=7.5,
+            max_train_minutes=7.0,
         ),
         FashionBertRecipe(
             name="paper",
