@@ -291,6 +291,9 @@ def test_fashiongen_h5_empty_description_rows(tmp_path, cache_dir):
         ((), {"input_productID": np.arange(6)}, "key 'input_productID' has 6 rows"),
         ((), {"input_subcategory": np.zeros((5, 2), dtype="S4")}, "key 'input_subcategory' must have shape"),
         ((), {"input_description": np.zeros((5, 1), np.float64)}, "key 'input_description' must hold strings"),
+        ((), {"input_image": np.zeros((0, 16, 16, 3), np.uint8), "input_description": np.zeros((0, 1), "S4"),
+              "input_productID": np.zeros((0, 1), np.int64), "input_subcategory": np.zeros((0, 1), "S4"),
+              "input_category": np.zeros((0, 1), "S4"), "input_brand": np.zeros((0, 1), "S4")}, "holds no rows"),
     ],
 )
 def test_malformed_fashiongen_files_name_file_and_key(tmp_path, cache_dir, drop, overrides, pattern):

@@ -550,6 +550,8 @@ def load_fashiongen_h5(
         raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
     path = os.path.abspath(path)
     num_rows, present, image_shape = _inspect_fashiongen_h5(path)
+    if num_rows == 0:
+        raise ValueError(f"Fashion-Gen file {path!r} holds no rows (its datasets have length 0).")
     features = fashion_row_features("category" in present)
     features["image"] = datasets.Image(decode=False)
     features[_PROBLEM] = datasets.Value("string")
