@@ -5,7 +5,8 @@ Retrieval you can see: a local Gradio demo over trained FashionBERT and MAP-IVR 
     python train.py               # writes outputs/fashionbert/final
     python app.py                 # http://127.0.0.1:7860
 
-Tabs: "Text -> images" (type a description, get the top-k gallery images with their scores), "Image -> captions"
+Tabs: "Text -> images" (type a description, get the top-k products, each shown by its best-scoring view, with the
+score), "Image -> captions"
 (pick a gallery image or upload one, get the top-k captions), "Image -> videos" (MAP-IVR: pick a query image, get
 the top-k videos as animated previews with S_A / S_V / S_all, lambda_v and h adjustable). The galleries are the test
 splits of the synthetic test beds built with train.py's default sizes (smaller with the flags below). Everything runs
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,18 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
 
-# train.py's defaults for the synthetic test beds (its --synthetic_* flags, --seed, and --image_size without real data).
+from xmodal.training import DEFAULT_SEED  # noqa: E402
+from xmodal.training import fashionbert as fashionbert_training  # noqa: E402
+from xmodal.training import map_ivr as map_ivr_training  # noqa: E402
+
+# train.py's defaults for the synthetic test beds (its --synthetic_* flags, --seed, and the quick recipe's image size),
+# from the training modules train.py reads them from.
 TRAIN_DEFAULTS = {
-    "synthetic_num_products": 1100,
-    "synthetic_views_per_product": 3,
-    "image_size": 128,
-    "synthetic_videos_per_class": 40,
-    "seed": 42,
+    "synthetic_num_products": fashionbert_training.SYNTHETIC_NUM_PRODUCTS,
+    "synthetic_views_per_product": fashionbert_training.SYNTHETIC_VIEWS_PER_PRODUCT,
+    "image_size": fashionbert_training.QUICK_RECIPE.image_size,
+    "synthetic_videos_per_class": map_ivr_training.SYNTHETIC_VIDEOS_PER_CLASS,
+    "seed": DEFAULT_SEED,
 }
 
 
@@ -78,6 +85,29 @@ class FashionGallery:
         images = [image.convert("RGB") for image in test["image"]]
         captions, product_ids = list(test["text"]), list(test["product_id"])
         return cls(images, captions, product_ids, list(dict.fromkeys(captions)))
+
+    @property
+    def max_views(self) -> int:
+        """The most images any one product has in the gallery."""
+        return max(Counter(self.product_ids).values(), default=1)
+
+
+def best_view_per_product(
+    indices: list[int], scores: list[float], product_ids: list[str], top_k: int
+) -> list[tuple[int, float]]:
+    """
+    `(gallery index, score)` of the first `top_k` products of a ranking (best first): each product once, by its
+    best-ranked view.
+    """
+    seen: set[str] = set()
+    hits = []
+    for index, score in zip(indices, scores):
+        if product_ids[index] not in seen:
+            seen.add(product_ids[index])
+            hits.append((index, score))
+            if len(hits) == top_k:
+                break
+    return hits
 
 
 @dataclass
@@ -190,14 +220,20 @@ def build_demo(
             gr.Warning("Type a description first.")
             return [], ""
         model = retriever("fashionbert", path)
-        result = model.rank_images(query, fashion.images, top_k=int(top_k))
+        # One tile per product: rank enough views that the top-k products are all among them (each product has at
+        # most `max_views`), then keep each product's best-scoring view.
+        views = min(len(fashion.images), int(top_k) * fashion.max_views)
+        result = model.rank_images(query, fashion.images, top_k=views)
+        hits = best_view_per_product(result.indices.tolist(), result.scores.tolist(), fashion.product_ids, int(top_k))
         items = [
             (fashion.images[i], f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
-            for rank, (i, s) in enumerate(zip(result.indices.tolist(), result.scores.tolist()), start=1)
+            for rank, (i, s) in enumerate(hits, start=1)
         ]
         note = f"Cross-encoder scored {result.num_reranked} of {len(fashion.images)} images"
         if result.num_reranked < len(fashion.images):
             note += f" (the rest were filtered by the cheap pre-ranking; rerank_top_n={rerank_top_n})"
+        if fashion.max_views > 1:
+            note += "; each product is shown once, by its best-scoring view"
         return items, note + "."
 
     def search_captions(path: str, upload, pick: float, top_k: float):
@@ -264,7 +300,7 @@ def build_demo(
                 top_k = gr.Slider(1, 20, value=5, step=1, label="top-k", elem_id="text-top-k")
             search = gr.Button("Search images", variant="primary", elem_id="text-search")
             note = gr.Markdown(elem_id="text-note")
-            results = gr.Gallery(label="Best matches", columns=5, height="auto", elem_id="image-results", format="png")
+            results = gr.Gallery(label="Best matching products", columns=5, height="auto", elem_id="image-results", format="png")
             search.click(search_images, [fb_path, query, top_k], [results, note])
             query.submit(search_images, [fb_path, query, top_k], [results, note])
         with gr.Tab("Image -> captions"):

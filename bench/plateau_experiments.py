@@ -13,8 +13,7 @@ image) and, at the end, Rank@1 on a small protocol (40 queries x 21 candidates).
     python bench/plateau_experiments.py --tia_only --steps 100 --threads 1 --pool product --name product
 """
 import os
-import sys, time, argparse, math
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import time, argparse, math
 import torch, numpy as np, datasets
 p = argparse.ArgumentParser()
 p.add_argument("--lr", type=float, default=1e-4); p.add_argument("--std", action="store_true")
@@ -29,22 +28,27 @@ p.add_argument("--itc_steps", type=int, default=0); p.add_argument("--itc_bs", t
 p.add_argument("--data_dir", default="/tmp/xmodal_plateau_data"); p.add_argument("--layers", type=int, default=6); p.add_argument("--name", default="x")
 a = p.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(0)
-import train
 from transformers.utils import logging as hl; hl.set_verbosity_error()
+from xmodal.data.fashion_synthetic import make_fashion_dataset
+from xmodal.data.preprocessing import add_fashionbert_inputs
+from xmodal.training import fashionbert as fb
+
+RECIPE = fb.QUICK_RECIPE  # train.py's default recipe; the [CLS] head unless --pool says otherwise
+
+def demo_model(weighting="gradient"):
+    return fb.new_model(fb.packaged_bert(), image_size=RECIPE.image_size, patch_grid=8, max_text_length=RECIPE.max_text_length,
+                        patch_encoder_type="pixels", alignment_pooling="cls", task_weighting=weighting)[:2]
 
 def prepare(data_dir):
-    """The demo's train/test rows with input_ids and pixel patch features (train.py's defaults), saved once."""
+    """The demo's train/test rows (train.py's synthetic defaults, seed 42) with input_ids and pixel patch features, saved once."""
     if os.path.isdir(os.path.join(data_dir, "test")):
         return
-    args = train.parse_args([])
-    raw, _ = train.load_fashion_splits(args)
-    model, processor = train.build_fashionbert(args)
-    from xmodal.data.preprocessing import add_fashionbert_inputs
+    raw = make_fashion_dataset(fb.SYNTHETIC_NUM_PRODUCTS, fb.SYNTHETIC_VIEWS_PER_PRODUCT, RECIPE.image_size, seed=42)
+    model, processor = demo_model()
     for split in ("train", "test"):
-        add_fashionbert_inputs(raw[split], processor, model, args.max_text_length).save_to_disk(os.path.join(data_dir, split))
+        add_fashionbert_inputs(raw[split], processor, model, RECIPE.max_text_length).save_to_disk(os.path.join(data_dir, split))
 prepare(a.data_dir)
-args = train.parse_args([]); args.task_weighting = a.weighting
-model, processor = train.build_fashionbert(args)
+model, processor = demo_model(a.weighting)
 if a.layers < 6:
     model.bert.encoder.layer = model.bert.encoder.layer[:a.layers]; model.config.num_hidden_layers = a.layers
 from xmodal.data.collators import FashionBertPretrainingCollator

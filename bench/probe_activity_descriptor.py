@@ -7,18 +7,15 @@ factor is trained on 70 % and scored on the held-out 30 %, next to the majority-
     python bench/probe_activity_descriptor.py     # writes bench/results/probe_activity_descriptor.json
 """
 
-import argparse
-import json
-from pathlib import Path
-
+from xmodal.benchmarking import add_output_argument, bench_parser, write_json
 from xmodal.data.activity_synthetic import make_factor_dataset, probe_factors
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--num_samples", type=int, default=800, help="Rendered clip/image pairs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the factors, renders and probe split.")
-    parser.add_argument("--output", default="bench/results/probe_activity_descriptor.json", help="JSON result path.")
+    add_output_argument(parser, "probe_activity_descriptor")
     args = parser.parse_args()
 
     dataset = make_factor_dataset(num_samples=args.num_samples, seed=args.seed)
@@ -26,8 +23,7 @@ def main() -> None:
         column: probe_factors(dataset, feature_column=column, seed=args.seed)
         for column in ("video_features", "image_features")
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     factors = list(result["video_features"])
     print(f"{'factor':<10} {'video':>7} {'image':>7} {'chance':>7}")
     for factor in factors:

@@ -12,25 +12,24 @@ with every colour word swapped for another colour (chance 0.5; only the image ca
     # writes bench/results/probe_fashion_grounding.json
 """
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from xmodal import FashionBertForPreTraining, FashionBertProcessor
+from xmodal.benchmarking import add_output_argument, bench_parser, write_json
 from xmodal.data.fashion_synthetic import COLOR_PALETTE, make_fashion_dataset
 from xmodal.evaluation.fashion_retrieval import representative_rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", required=True, help="A FashionBERT folder written by train.py (its final/ folder).")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the synthetic test bed (train.py's default).")
     parser.add_argument("--num_products", type=int, default=1100, help="Test bed size (train.py's default).")
     parser.add_argument("--max_rows", type=int, default=200, help="Test rows probed.")
-    parser.add_argument("--output", default="bench/results/probe_fashion_grounding.json", help="Where the JSON goes.")
+    add_output_argument(parser, "probe_fashion_grounding", help="Where the JSON goes.")
     args = parser.parse_args()
 
     model = FashionBertForPreTraining.from_pretrained(args.model).eval()
@@ -90,8 +89,7 @@ def main() -> None:
         "alignment_prefers_true_colours": alignment_prefers_true / max(captions_swapped, 1),
         "alignment_chance": 0.5,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result, sort_keys=False)
     print(json.dumps(result, indent=2))
 
 

@@ -1,6 +1,6 @@
 """Retrieval quality of MAP-IVR on the synthetic activity test bed: scores, sweeps, ablations, a baseline, probes.
 
-Every trained row uses train.py's MAP-IVR budget and optimiser (`train.parse_args(["--model_type", "map_ivr"])`:
+Every trained row uses train.py's MAP-IVR budget and optimiser (the defaults of `xmodal.training.map_ivr`:
 batch 64, AdamW lr 1e-3, betas (0.95, 0.999), weight decay 1e-4, linear schedule with 10 % warmup, 30 epochs,
 drop_last) on the data train.py builds (`make_activity_dataset(num_videos_per_class=40, seed=seed)`: 14 classes,
 560 training rows, 560 test rows, every test image a query against all 560 test videos), with one seed per run
@@ -35,7 +35,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -46,21 +45,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py lives at the repository root
-
-from train import build_map_ivr, parse_args  # noqa: E402
-from xmodal.data import MapIvrCollator  # noqa: E402
-from xmodal.data.activity_sources import activity_arrays  # noqa: E402
-from xmodal.data.activity_synthetic import (  # noqa: E402
+from xmodal.data import MapIvrCollator
+from xmodal.data.activity_sources import activity_arrays
+from xmodal.data.activity_synthetic import (
     ACTIVITY_CLASSES,
     FACTOR_COLUMNS,
     make_activity_dataset,
     make_factor_dataset,
     probe_factors,
 )
-from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval, mean_average_precision_at_k  # noqa: E402
-from xmodal.map_ivr.modeling_map_ivr import pool_proposals  # noqa: E402
+from xmodal.evaluation.activity_retrieval import evaluate_activity_retrieval, mean_average_precision_at_k
+from xmodal.map_ivr.modeling_map_ivr import pool_proposals
+from xmodal.training import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
+from xmodal.training import map_ivr as map_ivr_training
 
 
 KS = (10, 20, 50, 100)
@@ -117,25 +114,21 @@ class DirectBaseline(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_model(model: nn.Module, train_split, feature_extractor, targs: argparse.Namespace, seed: int) -> float:
-    """Trains `model` in place with train.py's optimiser, schedule and batching; returns seconds."""
+def train_model(model: nn.Module, train_split, feature_extractor, epochs: int, seed: int) -> float:
+    """Trains `model` in place with train.py's MAP-IVR optimiser, schedule and batching; returns seconds."""
     started = time.monotonic()
     loader = DataLoader(
         train_split.with_format("numpy"), shuffle=True, collate_fn=MapIvrCollator(feature_extractor),
-        batch_size=targs.per_device_train_batch_size, drop_last=True, generator=torch.Generator().manual_seed(seed),
+        batch_size=map_ivr_training.DEFAULT_BATCH_SIZE, drop_last=True, generator=torch.Generator().manual_seed(seed),
     )
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": targs.weight_decay},
-         {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0}],
-        lr=targs.learning_rate, betas=(targs.adam_beta1, targs.adam_beta2),
+        optimizer_parameter_groups(model, map_ivr_training.DEFAULT_LEARNING_RATE, WEIGHT_DECAY),
+        lr=map_ivr_training.DEFAULT_LEARNING_RATE, betas=ADAM_BETAS,
     )
-    steps = targs.num_train_epochs * len(loader)
-    scheduler = get_scheduler(targs.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(0.1 * steps),
-                              num_training_steps=steps)
+    steps = epochs * len(loader)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=math.ceil(0.1 * steps), num_training_steps=steps)
     model.train()
-    for _ in range(targs.num_train_epochs):
+    for _ in range(epochs):
         for batch in loader:
             loss = model(**batch)["loss"]
             loss.backward()
@@ -224,18 +217,16 @@ def load_activity(seed: int, videos_per_class: int, cache_dir: str | None):
 
 
 def run_seed(seed: int, args, factor_dataset) -> dict:
-    targs = parse_args(["--model_type", "map_ivr", "--seed", str(seed), "--num_train_epochs", str(args.epochs),
-                        "--synthetic_videos_per_class", str(args.videos_per_class)])
     started = time.monotonic()
     raw = load_activity(seed, args.videos_per_class, args.cache_dir)
     train_split, test_split = raw["train"], raw["test"]
     out = {"seed": seed, "data_seconds": time.monotonic() - started, "train_seconds": {}, "rows": {}}
 
     torch.manual_seed(seed)  # train.py: set_seed(args.seed) before the model is built
-    model, feature_extractor = build_map_ivr(targs, train_split)
+    model, feature_extractor = map_ivr_training.new_model(train_split)
     # Control for the probes: the same initialisation, untrained (what random encoders keep of v_bar).
     untrained = copy.deepcopy(model)
-    out["train_seconds"]["map_ivr"] = train_model(model, train_split, feature_extractor, targs, seed)
+    out["train_seconds"]["map_ivr"] = train_model(model, train_split, feature_extractor, args.epochs, seed)
     grid = {}
     for h in NUM_SAMPLES:
         for lam in LAMBDAS:
@@ -255,7 +246,7 @@ def run_seed(seed: int, args, factor_dataset) -> dict:
             setattr(config, field, value)
         torch.manual_seed(seed)
         ablated = type(model)(config)
-        out["train_seconds"][name] = train_model(ablated, train_split, feature_extractor, targs, seed)
+        out["train_seconds"][name] = train_model(ablated, train_split, feature_extractor, args.epochs, seed)
         result = evaluate_activity_retrieval(ablated, test_split, seed=seed, feature_extractor=feature_extractor)
         for score in ("s_a", "s_v", "s_all"):
             out["rows"][f"{name}/{score}"] = maps(result, score)
@@ -266,7 +257,7 @@ def run_seed(seed: int, args, factor_dataset) -> dict:
     config = model.config
     baseline = DirectBaseline(config.image_feature_dim, config.video_feature_dim, config.encoder_hidden_sizes[0],
                               config.appearance_dim, config.dropout, top_k=config.proposal_top_k)
-    out["train_seconds"]["baseline"] = train_model(baseline, train_split, feature_extractor, targs, seed)
+    out["train_seconds"]["baseline"] = train_model(baseline, train_split, feature_extractor, args.epochs, seed)
     out["rows"]["baseline/cosine"] = evaluate_baseline(baseline, test_split, feature_extractor)
     out["seconds"] = time.monotonic() - started
     return out
@@ -329,10 +320,9 @@ def main() -> None:
         print(f"seed {seed}: {runs[-1]['seconds']:.0f} s; " + ", ".join(
             f"{name} {m['mAP@100']:.3f}" for name, m in runs[-1]["rows"].items()), flush=True)
 
-    targs = parse_args(["--model_type", "map_ivr"])
     result = {
-        "config": {"quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "train_py_default_epochs": 30,
-                   "batch_size": targs.per_device_train_batch_size, "learning_rate": targs.learning_rate,
+        "config": {"quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "train_py_default_epochs": map_ivr_training.DEFAULT_EPOCHS,
+                   "batch_size": map_ivr_training.DEFAULT_BATCH_SIZE, "learning_rate": map_ivr_training.DEFAULT_LEARNING_RATE,
                    "videos_per_class": args.videos_per_class, "num_classes": len(ACTIVITY_CLASSES),
                    "probe_samples": args.probe_samples, "probe_seed": 1000, "lambdas": list(LAMBDAS),
                    "num_samples": list(NUM_SAMPLES), "default_lambda_v": 0.5, "default_num_samples": 10,

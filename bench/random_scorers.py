@@ -3,12 +3,9 @@
     python bench/random_scorers.py            # writes bench/results/random_scorers.json and prints a table
 """
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 
+from xmodal.benchmarking import add_output_argument, bench_parser, write_json
 from xmodal.data.activity_synthetic import make_activity_dataset
 from xmodal.data.fashion_synthetic import make_fashion_dataset
 from xmodal.evaluation.activity_retrieval import mean_average_precision_at_k
@@ -16,10 +13,10 @@ from xmodal.evaluation.fashion_retrieval import evaluate_pair_scorer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--seed", type=int, default=42, help="Seed of the test beds (train.py's default).")
     parser.add_argument("--draws", type=int, default=5, help="Random scorers / protocol draws averaged.")
-    parser.add_argument("--output", default="bench/results/random_scorers.json", help="Where the JSON result goes.")
+    add_output_argument(parser, "random_scorers", help="Where the JSON result goes.")
     args = parser.parse_args()
 
     fashion = make_fashion_dataset(num_products=1100, views_per_product=3, image_size=32, seed=args.seed)["test"]
@@ -39,8 +36,7 @@ def main() -> None:
     activity_result = {key: float(np.mean([draw[key] for draw in per_draw])) for key in per_draw[0]}
 
     result = {"fashion": fashion_result.metrics, "fashion_num_queries": fashion_result.num_queries, "activity": activity_result}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     print(f"fashion test bed ({len(set(fashion['product_id']))} test products), random scorer, {args.draws} draws:")
     for key, value in sorted(fashion_result.metrics.items()):
         print(f"  {key:<24} {value:8.3f}")

@@ -16,17 +16,13 @@ are medians over `--repeats` rounds. Goal (issue 7): FashionBERT >= 0.95x BERT, 
     python bench/speed_fashionbert.py --quick    # a few seconds
 """
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel, ViltConfig, ViltModel
 
+from xmodal.benchmarking import add_speed_arguments, bench_parser, run_environment, start_speed_run, write_json
 from xmodal.fashionbert import FashionBertConfig, FashionBertModel
 
 
@@ -41,7 +37,7 @@ def train_step(model: torch.nn.Module, inputs: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--hidden_size", type=int, default=384)
     parser.add_argument("--num_hidden_layers", type=int, default=6)
     parser.add_argument("--num_attention_heads", type=int, default=12)
@@ -53,17 +49,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per model first.")
     parser.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"],
                         help="Attention of FashionBERT and BERT (transformers' ViLT has eager attention only).")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
-    parser.add_argument("--quick", action="store_true", help="Tiny run (seconds): hidden 64, 2 layers, batch 4.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench/results/speed_fashionbert.json", help="JSON result path.")
+    add_speed_arguments(parser, "speed_fashionbert", quick_help="Tiny run (seconds): hidden 64, 2 layers, batch 4.")
     args = parser.parse_args()
     if args.quick:
         args.hidden_size, args.num_attention_heads, args.intermediate_size = 64, 4, 256
         args.num_hidden_layers, args.batch_size, args.repeats, args.steps, args.warmup = 2, 4, 3, 1, 1
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    torch.manual_seed(args.seed)
+    load_before = start_speed_run(args)
 
     sizes = dict(
         hidden_size=args.hidden_size,
@@ -146,11 +137,9 @@ def main() -> None:
         "ratio_fashionbert_over_vilt_pairs_per_second": ratio_vilt,
         "goal": "FashionBERT >= 0.95x BERT pairs/s and > 1x ViLT pairs/s",
         "goal_met": {"vs_bert": ratio_bert >= 0.95, "vs_vilt": ratio_vilt > 1.0},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "environment": run_environment(load_before),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     print(f"forward+backward, batch {batch}, hidden {args.hidden_size}, {args.num_hidden_layers} layers:")
     print(f"{'model':<12} {'seq':>4} {'s/step':>8} {'pairs/s':>9} {'tokens/s':>10}")
     for name, row in models.items():

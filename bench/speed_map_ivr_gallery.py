@@ -22,10 +22,7 @@ buffers go back to the OS when freed and are counted again by the next call). N 
     python bench/speed_map_ivr_gallery.py --quick  # seconds: N = 1,000 and 5,000
 """
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from xmodal.benchmarking import add_speed_arguments, bench_parser, run_environment, start_speed_run, write_json
 from xmodal.map_ivr import MapIvrConfig, MapIvrModel
 from xmodal.map_ivr.modeling_map_ivr import MapIvrEncodedVideos
 
@@ -98,22 +96,17 @@ def main() -> None:
         # buffer is not silently reused from the heap and the resident-set peaks below count each call's memory.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--num_queries", type=int, default=20, help="Q image queries.")
     parser.add_argument("--num_samples", type=int, default=10, help="h hallucinated videos per query.")
     parser.add_argument("--num_videos", type=int, nargs="+", default=[10_000, 100_000], help="Gallery sizes N.")
     parser.add_argument("--naive_videos", type=int, default=20, help="Videos the naive loops run on (then scaled).")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
-    parser.add_argument("--quick", action="store_true", help="Seconds-long run: N = 1,000 and 5,000.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench/results/speed_map_ivr_gallery.json", help="JSON result path.")
+    add_speed_arguments(parser, "speed_map_ivr_gallery", quick_help="Seconds-long run: N = 1,000 and 5,000.")
     args = parser.parse_args()
     if args.quick:
         args.num_videos, args.repeats, args.naive_videos = [1_000, 5_000], 2, 5
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    torch.manual_seed(args.seed)
+    load_before = start_speed_run(args)
     generator = torch.Generator().manual_seed(args.seed)
 
     config = MapIvrConfig()
@@ -179,11 +172,9 @@ def main() -> None:
                          "100x_naive_recompute": r["naive_recompute_over_score_time"] >= 100,
                          "100x_naive_cached_loop": r["naive_cached_loop_over_score_time"] >= 100}
                      for n, r in rows.items()},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "environment": run_environment(load_before),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     print(f"MAP-IVR scoring, Q = {q} queries, h = {h} samples (naive loops scaled from a few videos):")
     print(f"{'N':>8} {'method':<18} {'seconds':>10} {'pairs/s':>12} {'peak MB':>9}")
     for n, row in rows.items():

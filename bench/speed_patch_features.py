@@ -10,33 +10,23 @@ it gets only a few images per round. Goal (issue 7): grid >= 30x crop.
     python bench/speed_patch_features.py --quick  # a few seconds (64-pixel images, 32-pixel crops)
 """
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from xmodal.benchmarking import add_speed_arguments, bench_parser, run_environment, start_speed_run, write_json
 from xmodal.fashionbert import FashionBertConfig, FashionBertModel
 
 
+# The smallest text side a FashionBERT can have: only `get_patch_features` is timed.
+MINIMAL_TEXT_SIDE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
 def build(mode: str, image_size: int, patch_crop_size: int) -> FashionBertModel:
-    """A FashionBERT with a ResNet-50 patch encoder and a minimal text side (only `get_patch_features` is timed)."""
-    config = FashionBertConfig(
-        vocab_size=100,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=image_size,
-        patch_grid=8,
-        patch_encoder_type="resnet",
-        patch_feature_mode=mode,
-        patch_crop_size=patch_crop_size,
-    )
+    """A FashionBERT with a ResNet-50 patch encoder (8x8 patches) and a minimal text side."""
+    config = FashionBertConfig(image_size=image_size, patch_grid=8, patch_encoder_type="resnet", patch_feature_mode=mode,
+                               patch_crop_size=patch_crop_size, **MINIMAL_TEXT_SIDE)
     return FashionBertModel(config).eval()
 
 
@@ -47,22 +37,17 @@ def images_per_second(model: FashionBertModel, pixel_values: torch.Tensor) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--patch_crop_size", type=int, default=224)
     parser.add_argument("--grid_images", type=int, default=8, help="Images per grid measurement (one batch).")
     parser.add_argument("--crop_images", type=int, default=1, help="Images per crop measurement (64 crops each).")
     parser.add_argument("--repeats", type=int, default=3, help="Timed rounds (each mode once per round).")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
-    parser.add_argument("--quick", action="store_true", help="Seconds-long run: 64-pixel images, 32-pixel crops.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench/results/speed_patch_features.json", help="JSON result path.")
+    add_speed_arguments(parser, "speed_patch_features", quick_help="Seconds-long run: 64-pixel images, 32-pixel crops.")
     args = parser.parse_args()
     if args.quick:
         args.image_size, args.patch_crop_size, args.grid_images, args.repeats = 64, 32, 4, 2
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    torch.manual_seed(args.seed)
+    load_before = start_speed_run(args)
 
     grid = build("grid", args.image_size, args.patch_crop_size)
     crop = build("crop", args.image_size, args.patch_crop_size)
@@ -90,11 +75,9 @@ def main() -> None:
         "ratio_grid_over_crop_all": ratios,
         "goal": "grid >= 30x crop images/s",
         "goal_met": ratio >= 30,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "environment": run_environment(load_before),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     print(f"ResNet-50 patch features, {args.image_size}px images, 8x8 patches, crops at {args.patch_crop_size}px:")
     for mode in ("grid", "crop"):
         print(f"  {mode:<5} {result['images_per_second'][mode]:9.3f} images/s   features {list(shapes[mode][1:])}")

@@ -20,16 +20,12 @@ product, an assumption).
     python bench/speed_retrieval_protocol.py --quick  # seconds: tiny model, 64-pixel images
 """
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from xmodal.benchmarking import add_speed_arguments, bench_parser, run_environment, start_speed_run, write_json
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
 from xmodal.fashionbert import FashionBertConfig, FashionBertForImageTextRetrieval
 
@@ -71,7 +67,7 @@ def naive_scores(model, data: dict, text_rows: list[int], image_rows: list[int])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", nargs="+", default=["minilm", "bert_base"], choices=sorted(SIZES))
     parser.add_argument("--num_products", type=int, default=10)
     parser.add_argument("--num_subcategories", type=int, default=2)
@@ -83,16 +79,11 @@ def main() -> None:
     parser.add_argument("--naive_pairs", type=int, default=3, help="Pairs scored by the naive loop per round.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full_num_products", type=int, default=7512, help="Images of the extrapolated protocol.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine).")
-    parser.add_argument("--quick", action="store_true", help="Seconds-long run: tiny model, 64-pixel images.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="bench/results/speed_retrieval_protocol.json", help="JSON result path.")
+    add_speed_arguments(parser, "speed_retrieval_protocol", quick_help="Seconds-long run: tiny model, 64-pixel images.")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.image_size, args.repeats, args.naive_pairs = ["tiny"], 64, 2, 4
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    torch.manual_seed(args.seed)
+    load_before = start_speed_run(args)
 
     data = make_eval_data(args.num_products, args.num_subcategories, args.text_length, args.image_size, args.seed)
     models = {}
@@ -163,11 +154,9 @@ def main() -> None:
         "sizes": rows,
         "extrapolation_note": "EXTRAPOLATED, not measured: 1,000 queries x 101 candidates x 2 directions, one draw, "
         "no matching pairs; images = --full_num_products (assumed); same CPU and thread count as measured",
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor(),
-                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "environment": run_environment(load_before),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(args.output, result)
     print(f"{'size':<10} {'protocol p/s':>13} {'naive p/s':>10} {'speedup':>8} {'full: cached h':>15} {'naive h':>9}")
     for name, row in rows.items():
         m, e = row["measured"], row["extrapolated_full_protocol"]

@@ -197,16 +197,8 @@ def _tiny_model_and_dataset():
     from xmodal.map_ivr.modeling_map_ivr import MapIvrModel
 
     config = MapIvrConfig(
-        image_feature_dim=6,
-        video_feature_dim=8,
-        appearance_dim=4,
-        motion_dim=4,
-        latent_dim=3,
-        encoder_hidden_sizes=[5],
-        decoder_hidden_sizes=[7],
-        num_labels=3,
-        proposal_top_k=2,
-        num_samples=4,
+        image_feature_dim=6, video_feature_dim=8, appearance_dim=4, motion_dim=4, latent_dim=3,
+        encoder_hidden_sizes=[5], decoder_hidden_sizes=[7], num_labels=3, proposal_top_k=2, num_samples=4,
         initializer_range=0.5,
     )
     torch.manual_seed(0)

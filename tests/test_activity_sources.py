@@ -185,6 +185,10 @@ def _parquet(tmp_path, name, rows):
     return path
 
 
+# The role of each column `_rows` writes, as `load_activity_dataset` arguments.
+_ROW_COLUMNS = dict(image_features_column="img", video_features_column="vid", proposal_scores_column="conf", label_column="y")
+
+
 def _rows(n, rng, k=3, d=5, di=4, num_classes=3):
     return [
         {
@@ -201,12 +205,7 @@ def test_load_activity_dataset_renames_columns(tmp_path):
     rng = np.random.default_rng(6)
     train, test = _rows(6, rng), _rows(3, rng)
     data = load_activity_dataset(
-        train_file=_parquet(tmp_path, "train", train),
-        validation_file=_parquet(tmp_path, "val", test),
-        image_features_column="img",
-        video_features_column="vid",
-        proposal_scores_column="conf",
-        label_column="y",
+        train_file=_parquet(tmp_path, "train", train), validation_file=_parquet(tmp_path, "val", test), **_ROW_COLUMNS
     )
     assert sorted(data) == ["train", "validation"]
     assert set(data["train"].column_names) == {"image_features", "video_features", "proposal_scores", "label"}
@@ -252,7 +251,7 @@ def test_bad_rows_are_named_or_skipped(tmp_path, caplog, row, corrupt, message):
     rows = _rows(6, np.random.default_rng(9))
     corrupt(rows[row])
     path = _parquet(tmp_path, "train", rows)
-    kwargs = dict(train_file=path, image_features_column="img", video_features_column="vid", proposal_scores_column="conf", label_column="y", num_labels=3)
+    kwargs = dict(train_file=path, num_labels=3, **_ROW_COLUMNS)
     with pytest.raises(ValueError, match=message):
         load_activity_dataset(**kwargs)
     with caplog.at_level("WARNING"):
@@ -267,12 +266,7 @@ def test_label_out_of_range_in_validation_split(tmp_path):
     val[1]["y"] = 3
     with pytest.raises(ValueError, match=r"validation: row 1, column 'y': class id 3 is out of range \[0, 3\)"):
         load_activity_dataset(
-            train_file=_parquet(tmp_path, "train", train),
-            validation_file=_parquet(tmp_path, "val", val),
-            image_features_column="img",
-            video_features_column="vid",
-            proposal_scores_column="conf",
-            label_column="y",
+            train_file=_parquet(tmp_path, "train", train), validation_file=_parquet(tmp_path, "val", val), **_ROW_COLUMNS
         )
 
 

@@ -204,7 +204,7 @@ def test_evaluate_module_loads_offline_and_matches_plain_function(monkeypatch):
 
 
 class FakeRetrievalModel(torch.nn.Module):
-    """Implements the INTERFACES.md API. Texts carry a product number as token id (1000 + n),
+    """Implements the retrieval model API the loop uses (`get_patch_features`, `score_pairs`). Texts carry a product number as token id (1000 + n),
     images carry it as their pixel value; `perfect` scores = -|text n - image n|, else random."""
 
     def __init__(self, perfect=True):
@@ -349,7 +349,7 @@ def test_missing_inputs_give_clear_errors():
 
 
 def test_real_tiny_fashionbert_and_processor_fit_the_loop():
-    """The loop runs against the real model API (INTERFACES.md): processor called for text and images,
+    """The loop runs against the real model API (`FashionBertForImageTextRetrieval`): processor called for text and images,
     get_patch_features through the base model, score_pairs; an untrained model scores finite numbers."""
     modeling = pytest.importorskip("xmodal.fashionbert.modeling_fashionbert")
     from transformers import AutoTokenizer

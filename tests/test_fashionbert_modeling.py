@@ -311,6 +311,61 @@ def test_return_dict_false_gives_tuples():
     assert torch.equal(as_tuple[0], as_output.mlm_logits)
 
 
+def embedded(model, inputs: dict) -> dict:
+    """The same inputs with the text given as word embeddings (`inputs_embeds`) instead of ids."""
+    inputs = dict(inputs)
+    inputs["inputs_embeds"] = model.get_input_embeddings()(inputs.pop("input_ids"))
+    return inputs
+
+
+@pytest.mark.parametrize("model_class", [FashionBertModel, FashionBertForPreTraining, FashionBertForImageTextRetrieval])
+def test_inputs_embeds_give_the_same_outputs_as_input_ids(model_class):
+    config = deterministic()
+    model = model_class(config).eval()
+    inputs = tester.inputs(config)
+    by_ids, by_embeddings = model(**inputs), model(**embedded(model, inputs))
+    for name, value in by_ids.items():
+        torch.testing.assert_close(by_embeddings[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_inputs_embeds_give_the_same_losses_and_gradients():
+    config = deterministic({"task_weighting": "fixed"})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    by_ids = model(**inputs, **targets)
+    by_ids.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    by_embeddings = model(**embedded(model, inputs), **targets)
+    by_embeddings.loss.backward()
+    torch.testing.assert_close(by_embeddings.loss, by_ids.loss, rtol=0, atol=0)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], msg=name)
+
+
+@pytest.mark.parametrize("model_class", [FashionBertModel, FashionBertForPreTraining, FashionBertForImageTextRetrieval])
+def test_exactly_one_of_input_ids_and_inputs_embeds(model_class):
+    config = tester.config("pixels")
+    model = model_class(config).eval()
+    inputs = tester.inputs(config)
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(**inputs, inputs_embeds=model.get_input_embeddings()(inputs["input_ids"]))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(**{k: v for k, v in inputs.items() if k != "input_ids"})
+
+
+def test_contrastive_task_needs_input_ids():
+    config = deterministic({"contrastive_projection_dim": 8})
+    model = FashionBertForPreTraining(config).train()
+    inputs = tester.inputs(config)
+    targets = tester.targets(config, inputs)
+    with pytest.raises(ValueError, match="needs `input_ids`"):
+        model(**embedded(model, inputs), **targets)
+    assert model(**embedded(model, inputs)).loss is None  # no targets: no task runs, embeddings are fine
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Loss math
 # --------------------------------------------------------------------------------------------------------------------
@@ -789,6 +844,33 @@ def test_retrieval_model_loads_a_pretraining_checkpoint_and_scores_log_odds(tmp_
     expected_loss = F.cross_entropy(tia, labels)
     torch.testing.assert_close(output.loss, expected_loss)
     torch.testing.assert_close(output.logits, torch.log_softmax(tia, -1)[:, 0] - torch.log_softmax(tia, -1)[:, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_retrieval_model_from_a_pretraining_model(dtype):
+    config = tester.config("grid", alignment_pooling="text_patch_bilinear")
+    pretraining = FashionBertForPreTraining(config).to(dtype).train()
+    inputs = tester.inputs(config)
+    pretraining(**inputs)  # moves the bilinear pooler's running statistics away from their initial values
+    retrieval = FashionBertForImageTextRetrieval.from_pretraining_model(pretraining)
+
+    assert isinstance(retrieval, FashionBertForImageTextRetrieval)
+    assert not retrieval.training and not retrieval.bert.patch_encoder.training
+    assert pretraining.training  # the source is left as it was
+    assert retrieval.config.to_dict() == pretraining.config.to_dict() and retrieval.config is not pretraining.config
+    source = {name: t for name, t in pretraining.state_dict().items() if name.startswith(("bert.", "cls.seq_relationship."))}
+    copied = retrieval.state_dict()
+    assert set(copied) == set(source)
+    for name, tensor in source.items():
+        assert copied[name].dtype == tensor.dtype and copied[name].device == tensor.device, name
+        assert torch.equal(copied[name], tensor), name
+        assert copied[name].data_ptr() != tensor.data_ptr(), name  # a copy, not shared storage
+    assert not any(p.requires_grad for p in retrieval.bert.patch_encoder.parameters())
+
+    pretraining.eval()
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    expected = pretraining(**inputs).tia_logits
+    assert torch.equal(retrieval(**inputs).tia_logits, expected)
 
 
 def test_score_pairs_equals_per_pair_forward():

@@ -2,8 +2,10 @@
 
 import inspect
 import json
+import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,20 @@ def local_files(folder: Path) -> dict[str, bytes]:
 def check_clean(hub) -> None:
     assert hub.unhandled == [], f"clients called routes LocalHub does not implement: {hub.unhandled}"
     assert hub.errors == [] and hub.blocked == []
+
+
+def test_saved_model_folder_is_readable_by_every_user(tmp_path):
+    # safetensors writes model.safetensors 0600 and a strict umask makes everything private: the published folder
+    # must still be world-readable (files 0644, folders 0755) for the other users of a shared machine.
+    previous = os.umask(0o077)
+    try:
+        tiny_map_ivr(tmp_path / "tiny")
+    finally:
+        os.umask(previous)
+    folder = tmp_path / "tiny"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    files = {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
+    assert "model.safetensors" in files and set(files.values()) == {0o644}, files
 
 
 @pytest.mark.parametrize("upload_path", ["pipelined", "single_commit"])

@@ -96,6 +96,104 @@ def test_config_rejects_invalid_values_naming_the_field(field, value):
         tester.config(**{field: value})
 
 
+def test_invalid_values_are_reported_together():
+    with pytest.raises(ValueError) as error:
+        tester.config(latent_dim=0, orth_loss="cos", lambda_v=1.5)
+    for field in ("latent_dim", "orth_loss", "lambda_v"):
+        assert f"`{field}`" in str(error.value)
+
+
+def test_motion_dim_is_derived_from_appearance_dim():
+    assert MapIvrConfig(appearance_dim=8).motion_dim == 8
+    assert MapIvrConfig().motion_dim == 512
+    assert tester.config(motion_dim=None).motion_dim == tester.appearance_dim
+
+
+# ---------------------------------------------------------------- overrides at load time
+
+# Every field another is derived from: appearance_dim -> motion_dim, num_labels -> id2label / label2id.
+OVERRIDES = {
+    "appearance_dim": ({"appearance_dim": 6}, {"appearance_dim": 6, "motion_dim": 6, "num_labels": 3}),
+    "appearance_dim and motion_dim": (
+        {"appearance_dim": 6, "motion_dim": 6}, {"appearance_dim": 6, "motion_dim": 6, "num_labels": 3}
+    ),
+    "num_labels": ({"num_labels": 5}, {"appearance_dim": 4, "motion_dim": 4, "num_labels": 5}),
+    "unrelated field": ({"lambda_v": 0.25}, {"appearance_dim": 4, "motion_dim": 4, "num_labels": 3}),
+}
+
+
+def check_derived(config: MapIvrConfig, expected: dict) -> None:
+    for name, value in expected.items():
+        assert getattr(config, name) == value, name
+    assert len(config.id2label) == len(config.label2id) == config.num_labels
+
+
+@pytest.mark.parametrize("case", OVERRIDES)
+def test_config_from_pretrained_overrides_derive_from_the_final_values(tmp_path, case):
+    override, expected = OVERRIDES[case]
+    tester.config(motion_dim=None).save_pretrained(tmp_path)
+    check_derived(MapIvrConfig.from_pretrained(tmp_path, **override), expected)
+
+
+@pytest.mark.parametrize("case", OVERRIDES)
+def test_model_from_pretrained_overrides_derive_from_the_final_values(tmp_path, case):
+    override, expected = OVERRIDES[case]
+    tester.model().save_pretrained(tmp_path)  # motion_dim stored explicitly
+    model = MapIvrModel.from_pretrained(tmp_path, ignore_mismatched_sizes=True, **override)
+    check_derived(model.config, expected)
+    assert model.video_appearance_encoder.output.out_features == expected["appearance_dim"]
+    assert model.video_motion_encoder.output.out_features == expected["motion_dim"]
+    assert model.classifier.out_features == expected["num_labels"]
+
+
+def test_overriding_motion_dim_alone_is_still_validated(tmp_path):
+    tester.config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="`motion_dim`"):
+        MapIvrConfig.from_pretrained(tmp_path, motion_dim=6)
+
+
+# ---------------------------------------------------------------- transformers conventions
+
+
+def test_unknown_forward_arguments_raise_a_type_error_naming_them():
+    model = tester.model()
+    inputs = tester.inputs()
+    labels = inputs.pop("labels")
+    with pytest.raises(TypeError, match="label"):
+        model(**inputs, label=labels)  # a typo for `labels`
+    with pytest.raises(TypeError, match="bogus, other"):
+        model(**inputs, other=1, bogus=2)
+    assert model(**inputs, labels=labels, output_hidden_states=False).class_loss is not None
+
+
+def test_return_dict_false_gives_the_outputs_as_a_tuple():
+    model = tester.model()
+    inputs = tester.inputs()
+    as_output = model(**inputs)
+    as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_output.to_tuple())
+    for a, b in zip(as_tuple, as_output.to_tuple()):
+        assert torch.equal(a, b)
+    model.config.return_dict = False
+    assert isinstance(model(**inputs), tuple)
+
+
+def test_unknown_scoring_options_raise_a_type_error_naming_them():
+    model = tester.model()
+    inputs = tester.inputs()
+    with pytest.raises(TypeError, match="num_sample"):
+        model.score(inputs["image_features"], inputs["video_features"], num_sample=3)
+    with pytest.raises(TypeError, match="chunksize"):
+        model.rank(inputs["image_features"], inputs["video_features"], chunksize=3)
+
+
+def test_activation_checkpointing_is_refused_by_transformers():
+    model = tester.model()
+    assert not model.supports_gradient_checkpointing
+    with pytest.raises(ValueError, match="does not support"):
+        model.activation_checkpointing_enable()
+
+
 # ---------------------------------------------------------------- losses against hand computations
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 
 import pytest
 import torch
@@ -54,14 +55,10 @@ def restamp_manifest(folder) -> None:
     (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(manifest))
 
 
-class _Payload:
-    """Unpickling this calls `open(path, "w")`: a stand-in for `os.system`, with a visible effect."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
+def malicious_object(path):
+    """An object whose unpickling calls `open(path, "w")`: a stand-in for `os.system`, with a visible effect."""
+    reduce_to_open = lambda self: (open, (str(path), "w"))  # noqa: E731
+    return type("Payload", (), {"__reduce__": reduce_to_open})()
 
 
 @pytest.fixture
@@ -86,6 +83,19 @@ def test_checkpoint_has_a_manifest_of_every_file_and_no_temporary_folder_remains
     assert manifest["files"] == files
     assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= set(files)
     assert sorted(p.name for p in saved["dir"].iterdir()) == ["step_1", "step_2"]
+    assert checkpoint_problem(path) is None
+
+
+def test_checkpoint_files_are_readable_by_every_user(accelerator, tmp_path):
+    previous = os.umask(0o077)  # a strict umask: accelerate and safetensors would leave private files
+    try:
+        training_objects(accelerator)
+        path = save_checkpoint(accelerator, tmp_path / "run", 1)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.rglob("*") if p.is_file()}
+    assert CHECKPOINT_MANIFEST in modes and set(modes.values()) == {0o644}, modes
     assert checkpoint_problem(path) is None
 
 
@@ -142,7 +152,7 @@ def test_load_checkpoint_restores_weights_optimizer_and_rng_exactly(accelerator,
 def test_a_malicious_state_pickle_is_refused_before_it_runs(accelerator, saved, tmp_path, victim):
     path = saved["path"]
     sentinel = tmp_path / "pwned"
-    torch.save({"state": _Payload(sentinel)}, path / victim)  # torch.save pickles the payload
+    torch.save({"state": malicious_object(sentinel)}, path / victim)  # torch.save pickles the payload
     restamp_manifest(path)
     assert checkpoint_problem(path) is None  # the attacker's manifest matches
     training_objects(accelerator)

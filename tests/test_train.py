@@ -168,7 +168,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
 def test_with_tracking_writes_losses_and_task_weights_to_tensorboard(tiny_bert, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_train(fashion_args(tiny_bert, tmp_path / "run", "--with_tracking", "--report_to", "tensorboard", "--do_eval", "false"))
+    run_train(fashion_args(tiny_bert, tmp_path / "run", "--with_tracking", "--report_to", "tensorboard"))
     event_files = list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert event_files, "no TensorBoard event file written"
     events = EventAccumulator(str(event_files[0].parent))

@@ -208,7 +208,7 @@ def test_explicit_epochs_or_steps_replace_the_recipes_length_and_time_limit():
 def test_map_ivr_refuses_fashionbert_recipe_flags(flag, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--model_type", "map_ivr", *flag])
-    assert f"{flag[0]} applies only to --model_type fashionbert" in capsys.readouterr().err
+    assert f"{flag[0]}: applies only to --model_type fashionbert" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from xmodal.visualization import save_retrieval_grid, save_training_curves
+from xmodal.visualization import loss_keys, save_loss_curves, save_retrieval_grid, save_training_curves
 
 
 GREEN = (22, 163, 74)
@@ -96,3 +96,50 @@ def test_task_weight_curves_errors(tmp_path):
         save_training_curves([{"step": 1, "loss": 2.0}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="backend"):
         save_training_curves(HISTORY, tmp_path / "x.png", backend="svg")
+
+
+EQUAL_WEIGHTS = [  # after the alignment warm-up, MLM, MPM and TIA weigh the same: three coinciding lines
+    {"step": s, "weight_mlm": 1 / 3, "weight_mpm": 1 / 3, "weight_tia": 1 / 3} for s in range(1, 41)
+]
+COLOURS = {"weight_mlm": (31, 119, 180), "weight_mpm": (255, 127, 14), "weight_tia": (44, 160, 44)}
+PLOT_RIGHT = 640 - 150  # the Pillow chart's plot area ends here; the legend is to its right
+
+
+def test_equal_task_weights_stay_visible_one_over_another(tmp_path):
+    save_training_curves(EQUAL_WEIGHTS, tmp_path / "weights.png", backend="pil")
+    plot = np.asarray(PIL.Image.open(tmp_path / "weights.png").convert("RGB"))[:, :PLOT_RIGHT]
+    # Each curve, drawn over the previous ones, is thinner and dashed: the lines below show beside and between it.
+    for key, colour in COLOURS.items():
+        assert np.all(plot == colour, axis=-1).sum() > 100, key
+
+
+def test_loss_curves_plot_every_loss_key_on_one_axis(tmp_path):
+    history = [
+        {"step": s, "loss": 3.0 / s, "mlm_loss": 4.0 / s, "tia_loss": 0.7 / s**0.5, "weight_tia": 0.3, "lr": 1e-4}
+        for s in range(1, 31)
+    ]
+    history[3]["itc_loss"] = 0.5  # a key that only some rows have
+    assert loss_keys(history) == ["mlm_loss", "tia_loss", "itc_loss"]
+    for log_scale in (False, True):
+        path = tmp_path / f"losses_{log_scale}.png"
+        assert save_loss_curves(history, path, backend="pil", log_scale=log_scale) == "pil"
+        image = np.asarray(PIL.Image.open(path).convert("RGB"))
+        for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):  # mlm, tia, itc (one point: a marker)
+            assert np.all(image == colour, axis=-1).sum() > 5, (log_scale, colour)
+        assert np.all(image == (214, 39, 40), axis=-1).sum() == 0  # no fourth curve: `loss` does not end in `_loss`
+    # The same through save_training_curves with explicit keys, and a log scale that drops non-positive values.
+    save_training_curves(history + [{"step": 31, "mlm_loss": 0.0}], tmp_path / "x.png", keys=["mlm_loss"],
+                         title="MLM", ylabel="loss", backend="pil", log_scale=True)  # fmt: skip
+    with pytest.raises(ValueError, match="nothing to plot"):
+        save_loss_curves([{"step": 1, "loss": 2.0}], tmp_path / "none.png")
+
+
+def test_curves_with_matplotlib_when_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert save_training_curves(EQUAL_WEIGHTS, tmp_path / "weights.png", backend="matplotlib") == "matplotlib"
+    assert save_loss_curves(
+        [{"step": s, "mlm_loss": 1.0 / s, "tia_loss": 0.69} for s in range(1, 20)], tmp_path / "losses.png",
+        backend="matplotlib", log_scale=True,
+    ) == "matplotlib"  # fmt: skip
+    for name in ("weights.png", "losses.png"):
+        assert PIL.Image.open(tmp_path / name).format == "PNG"

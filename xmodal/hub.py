@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import custom_object_save
 
-from .training import atomic_directory
+from .files import atomic_directory
 
 __all__ = [
     "AUTO_MAPS",
@@ -27,7 +27,8 @@ __all__ = [
 
 _TEMPLATES = Path(__file__).parent / "model_cards"
 
-# Every Auto class a saved folder answers to, per model type (one config lists them all, see DESIGN.md).
+# Every Auto class a saved folder answers to, per model type: one `auto_map` in the config lists them all, so a
+# folder saved from any of the model's classes loads through each of them.
 AUTO_MAPS: dict[str, dict[str, str]] = {
     "fashionbert": {
         "AutoConfig": "configuration_fashionbert.FashionBertConfig",
@@ -115,6 +116,39 @@ def save_model_folder(
     return Path(output_dir)
 
 
+def _fashionbert_results(eval_results: Mapping[str, float]) -> tuple[list[dict], list[dict]]:
+    """The Rank@K rows (one per direction measured) and the matching rows (TIA accuracy and AUC, when measured)."""
+    rows = []
+    for direction, label in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
+        if f"{direction}/R@1" in eval_results:
+            rows.append({"direction": label, **{f"r{k}": f"{eval_results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10)}})
+    matching = [
+        {"metric": label, "value": f"{eval_results[key]:{spec}}"}
+        for key, label, spec in (("tia/accuracy", "accuracy (%)", ".2f"), ("tia/auc", "ROC AUC", ".4f"))
+        if key in eval_results
+    ]
+    return rows, matching
+
+
+def _map_ivr_results(eval_results: Mapping[str, float]) -> list[dict]:
+    """One mAP@K row per score measured (S_A, S_V, S_all)."""
+    return [
+        {"score": label, **{f"k{k}": f"{eval_results[f'{score}/mAP@{k}']:.4f}" for k in (10, 20, 50, 100)}}
+        for score, label in (("s_a", "S_A"), ("s_v", "S_V"), ("s_all", "S_all"))
+        if f"{score}/mAP@10" in eval_results
+    ]
+
+
+def _card_figures(figures: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """`{"file", "caption"}` per figure (the caption defaults to the file name); other keys are ignored."""
+    out = []
+    for figure in figures:
+        if not figure.get("file"):
+            raise ValueError(f"a model card figure needs a 'file' (its name in the model folder), got {dict(figure)!r}")
+        out.append({"file": str(figure["file"]), "caption": str(figure.get("caption") or Path(figure["file"]).stem)})
+    return out
+
+
 def build_model_card(
     model_type: str,
     eval_results: Mapping[str, float],
@@ -129,33 +163,31 @@ def build_model_card(
     limitations: str,
     results_note: str = "",
     license: str = "apache-2.0",
+    figures: Sequence[Mapping[str, Any]] = (),
     **template_fields: Any,
 ) -> ModelCard:
     """
     A model card from `xmodal/model_cards/<model_type>.md`, with `model-index` metadata holding the run's results.
 
-    `eval_results` uses the names train.py reports: `"image_to_text/R@1"`... for FashionBERT, `"s_all/mAP@10"`...
-    for MAP-IVR (percentages for FashionBERT's Rank@K, fractions in [0, 1] for mAP).
+    `eval_results` uses the names train.py reports: `"image_to_text/R@1"`... and the matching metrics
+    `"tia/accuracy"` (%) and `"tia/auc"` for FashionBERT, `"s_all/mAP@10"`... for MAP-IVR (percentages for
+    FashionBERT's Rank@K, fractions in [0, 1] for mAP). `base_model` (a Hub repo id, or None when the model was not
+    initialised from one) is named in the text and as `base_model` metadata (the Hub's model tree). `figures` are
+    `{"file": name in the model folder, "caption": ...}` (e.g. the PNGs `save_model_folder` copies), shown in order.
     """
+    matching: list[dict] = []
     if model_type == "fashionbert":
-        task_type, task_name, rows = "text-image-retrieval", "Text-image retrieval (FashionBERT protocol)", []
-        for direction, label in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
-            if f"{direction}/R@1" in eval_results:
-                rows.append(
-                    {"direction": label, **{f"r{k}": f"{eval_results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10)}}
-                )
+        task_type, task_name = "text-image-retrieval", "Text-image retrieval (FashionBERT protocol)"
+        rows, matching = _fashionbert_results(eval_results)
     elif model_type == "map_ivr":
-        task_type, task_name, rows = "image-to-video-retrieval", "Activity image-to-video retrieval", []
-        for score in ("s_a", "s_v", "s_all"):
-            if f"{score}/mAP@10" in eval_results:
-                rows.append({"score": score.upper(), **{f"k{k}": f"{eval_results[f'{score}/mAP@{k}']:.4f}" for k in (10, 20, 50, 100)}})
+        task_type, task_name, rows = "image-to-video-retrieval", "Activity image-to-video retrieval", _map_ivr_results(eval_results)
     else:
         raise ValueError(f"unknown model_type {model_type!r}")
     card_data = ModelCardData(
         model_name=model_name,
         license=license,
         library_name="transformers",
-        base_model=base_model,
+        base_model=base_model or None,
         datasets=[dataset_name],
         tags=[model_type, "xmodal", "custom_code"],
         eval_results=[
@@ -179,11 +211,13 @@ def build_model_card(
         repo_id=repo_id,
         dataset_description=dataset_description,
         results_table=rows,
+        matching_table=matching,
         results_note=results_note,
-        base_model=base_model,
+        base_model=base_model or None,
         command=command,
         hyperparameters=dict(hyperparameters),
         limitations=limitations,
+        figures=_card_figures(figures),
         **template_fields,
     )
 

@@ -33,10 +33,11 @@ the checkpoint's `MapIvrFeatureExtractor` when the folder has one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from transformers.utils import logging as hf_logging
 
 # Importing the package registers the Auto classes, so saved folders load without trust_remote_code.
 from xmodal.fashionbert import FashionBertForImageTextRetrieval, FashionBertProcessor
+from xmodal.files import file_fingerprint, local_or_repo_id, looks_local
 from xmodal.map_ivr import MapIvrFeatureExtractor, MapIvrModel
 
 
@@ -121,18 +123,16 @@ def load_checkpoint_config(path: str | os.PathLike, expected_model_type: str | N
         **kwargs: passed to `AutoConfig.from_pretrained` (`revision`, `local_files_only`, `token`...).
 
     Raises:
-        FileNotFoundError: `path` looks local (exists, is absolute, or starts with `.`/`~`) but has no `config.json`,
-            or is neither a local folder nor a reachable repo.
+        FileNotFoundError: `path` looks local (`xmodal.files.looks_local`: exists, is absolute, starts with `.`/`~`
+            or has more than one `/`) but has no `config.json`, or is neither a local folder nor a reachable repo.
         ValueError: the checkpoint is not of `expected_model_type`.
     """
-    text = str(path)
-    local = Path(text).expanduser()
-    looks_local = local.exists() or local.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1
-    if looks_local and not (local / "config.json").is_file():
-        what = "is not a folder" if not local.is_dir() else "has no config.json"
+    text, source = str(path), local_or_repo_id(path)
+    if looks_local(path) and not (Path(source) / "config.json").is_file():
+        what = "is not a folder" if not Path(source).is_dir() else "has no config.json"
         raise FileNotFoundError(f"checkpoint {text!r} {what}: pass a folder written by train.py / save_pretrained.")
     try:
-        config = AutoConfig.from_pretrained(str(local) if looks_local else text, **kwargs)
+        config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"could not load a checkpoint from {text!r}: {error}") from error
     if expected_model_type is not None and config.model_type != expected_model_type:
@@ -146,8 +146,7 @@ def _content_key(item: Any) -> str:
     """A key that is equal for equal image content (PIL, array, tensor) or for the same unchanged file (path)."""
     digest = hashlib.blake2b(digest_size=16)
     if isinstance(item, (str, os.PathLike)):
-        stat = os.stat(item)
-        digest.update(f"path:{os.path.abspath(item)}:{stat.st_mtime_ns}:{stat.st_size}".encode())
+        digest.update(f"path:{file_fingerprint(item)}".encode())
     elif isinstance(item, PIL.Image.Image):
         digest.update(f"pil:{item.mode}:{item.size}".encode())
         digest.update(item.tobytes())
@@ -169,12 +168,68 @@ def _check_top_k(top_k: int) -> None:
         raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
 
 
+def _pick_device(device: str | torch.device | None) -> str | torch.device:
+    """`device`, or CUDA when available, else CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers logs only errors inside the block (e.g. no load report about expected unused weights)."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+class _CachedRetriever:
+    """
+    What both retrievers share: the model in eval mode on its device, and a least-recently-used cache of encoded
+    inputs keyed by their content (`_content_key`), at most `cache_size` entries.
+    """
+
+    def __init__(self, model: torch.nn.Module, cache_size: int):
+        self.model = model.eval()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+
+    @staticmethod
+    def _checkpoint(path: str | os.PathLike, model_type: str, **kwargs) -> tuple[Any, str]:
+        """`(config, source)`: the checked config of a `model_type` folder or repo id, and what to load it from."""
+        return load_checkpoint_config(path, model_type, **kwargs), local_or_repo_id(path)
+
+    def clear_cache(self) -> None:
+        """Forget every cached encoding."""
+        self._cache.clear()
+
+    def _cached(self, keys: Sequence[str], encode: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
+        """
+        The cached values of `keys`, in order; `encode(positions)` computes the values of the keys not cached (the
+        first position of each, once), which are then cached. The least recently used entries beyond `cache_size`
+        are dropped after the call.
+        """
+        missing: dict[str, int] = {}
+        for position, key in enumerate(keys):
+            if key not in self._cache and key not in missing:
+                missing[key] = position
+        computed = dict(zip(missing, encode(list(missing.values())))) if missing else {}
+        values = [computed[key] if key in computed else self._cache[key] for key in keys]
+        for key, value in zip(keys, values):
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return values
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # FashionBERT
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class FashionRetriever:
+class FashionRetriever(_CachedRetriever):
     """
     Text-to-image and image-to-text ranking with a FashionBERT checkpoint (cross-encoder, cached patch features,
     optional cheap pre-ranking; see the module docstring).
@@ -202,13 +257,11 @@ class FashionRetriever:
             raise ValueError(f"`rerank_top_n` must be a positive int or None, got {rerank_top_n!r}.")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
-        self.model = model.eval()
+        # Cached per image: (patch features (P, D) float32 CPU, pre-ranking vector (H,) float32 CPU).
+        super().__init__(model, cache_size)
         self.processor = processor
         self.rerank_top_n = rerank_top_n
         self.batch_size = batch_size
-        self.cache_size = cache_size
-        # key -> (patch features (P, D) float32 CPU, pre-ranking vector (H,) float32 CPU)
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -234,29 +287,18 @@ class FashionRetriever:
         Raises:
             FileNotFoundError / ValueError naming `path` (see `load_checkpoint_config`), or when it has no processor.
         """
-        config = load_checkpoint_config(path, "fashionbert", **kwargs)
-        source = str(Path(path).expanduser()) if Path(str(path)).expanduser().exists() else str(path)
+        config, source = cls._checkpoint(path, "fashionbert", **kwargs)
         try:
             processor = AutoProcessor.from_pretrained(source, **kwargs)
         except (OSError, ValueError, TypeError) as error:
             raise FileNotFoundError(f"checkpoint {str(path)!r} has no usable processor: {error}") from error
         if not isinstance(processor, FashionBertProcessor):
             raise ValueError(f"checkpoint {str(path)!r} has a {type(processor).__name__}, not a FashionBertProcessor.")
-        # A pretraining checkpoint's MLM/MPM heads are expected leftovers here: no load report about them.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with _quiet_transformers():  # a pretraining checkpoint's MLM/MPM heads are expected leftovers here
             model = FashionBertForImageTextRetrieval.from_pretrained(source, config=config, **kwargs)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), processor, rerank_top_n=rerank_top_n, batch_size=batch_size)
+        return cls(model.to(_pick_device(device)), processor, rerank_top_n=rerank_top_n, batch_size=batch_size)
 
     # ---- features ----
-
-    def clear_cache(self) -> None:
-        """Forget every cached image."""
-        self._cache.clear()
 
     def _open(self, image: ImageInput, index: int) -> Any:
         if isinstance(image, (str, os.PathLike)):
@@ -296,27 +338,17 @@ class FashionRetriever:
         """
         if isinstance(images, (str, os.PathLike, PIL.Image.Image)) or len(images) == 0:
             raise ValueError("`images` must be a non-empty list of images (PIL images, arrays or file paths).")
-        keys, missing, missing_keys = [], [], []
+        keys = []
         for index, image in enumerate(images):
             if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
                 raise FileNotFoundError(f"image {index} ({str(image)!r}) is not a file.")
             try:
-                key = _content_key(image)
+                keys.append(_content_key(image))
             except (OSError, TypeError, ValueError) as error:
                 raise ValueError(f"image {index} ({type(image).__name__}) cannot be used: {error}") from error
-            keys.append(key)
-            if key not in self._cache and key not in missing_keys:
-                missing.append(self._open(image, index))
-                missing_keys.append(key)
-        if missing:
-            for key, value in zip(missing_keys, self._encode_uncached(missing)):
-                self._cache[key] = value
-        entries = []
-        for key in keys:
-            self._cache.move_to_end(key)
-            entries.append(self._cache[key])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        entries = self._cached(
+            keys, lambda positions: self._encode_uncached([self._open(images[p], p) for p in positions])
+        )
         return torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries])
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -413,7 +445,7 @@ class FashionRetriever:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class ActivityRetriever:
+class ActivityRetriever(_CachedRetriever):
     """
     Image-to-video ranking with a MAP-IVR checkpoint: S_A, S_V and S_all (lower = closer), gallery encoded once.
 
@@ -433,11 +465,9 @@ class ActivityRetriever:
         seed: int = 0,
         cache_size: int = 8,
     ):
-        self.model = model.eval()
+        super().__init__(model, cache_size)
         self.feature_extractor = feature_extractor
         self.seed = seed
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Any] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -450,8 +480,7 @@ class ActivityRetriever:
         Raises:
             FileNotFoundError / ValueError naming `path` (see `load_checkpoint_config`).
         """
-        load_checkpoint_config(path, "map_ivr", **kwargs)
-        source = str(Path(path).expanduser()) if Path(str(path)).expanduser().exists() else str(path)
+        _, source = cls._checkpoint(path, "map_ivr", **kwargs)
         model = AutoModel.from_pretrained(source, **kwargs)
         feature_extractor = None
         local = Path(source)
@@ -460,12 +489,7 @@ class ActivityRetriever:
                 feature_extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
             except OSError:
                 feature_extractor = None  # a Hub repo without one
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), feature_extractor, seed=seed)
-
-    def clear_cache(self) -> None:
-        """Forget every encoded gallery."""
-        self._cache.clear()
+        return cls(model.to(_pick_device(device)), feature_extractor, seed=seed)
 
     def _normalized(self, image_features=None, video_features=None, proposal_scores=None, proposal_mask=None):
         if self.feature_extractor is None:
@@ -501,17 +525,18 @@ class ActivityRetriever:
         parts = [np.asarray(video_features, dtype=np.float32)]
         parts += [np.asarray(x) for x in (proposal_scores, proposal_mask) if x is not None]
         key = "|".join(_content_key(p) for p in parts) + f"|{proposal_scores is None}{proposal_mask is None}"
-        if key not in self._cache:
+
+        def encode(_positions: list[int]) -> list[Any]:
             inputs = self._normalized(
                 video_features=video_features, proposal_scores=proposal_scores, proposal_mask=proposal_mask
             )
-            self._cache[key] = self.model.encode_videos(
-                inputs["video_features"], inputs.get("proposal_scores"), inputs.get("proposal_mask")
-            )
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+            return [
+                self.model.encode_videos(
+                    inputs["video_features"], inputs.get("proposal_scores"), inputs.get("proposal_mask")
+                )
+            ]
+
+        return self._cached([key], encode)[0]
 
     def rank_videos(
         self,

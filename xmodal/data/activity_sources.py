@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import split_files
+
 
 __all__ = [
     "UnsafePickleError",
@@ -248,9 +250,7 @@ def _load_raw(dataset_name, dataset_config_name, train_file, validation_file, te
         else:
             loaded = load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
         return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-    data_files = {k: v for k, v in (("train", train_file), ("validation", validation_file), ("test", test_file)) if v is not None}
-    if not data_files:
-        raise ValueError("give dataset_name, or at least one of train_file / validation_file / test_file")
+    data_files = split_files(train_file, validation_file, test_file)
     extensions = {os.path.splitext(f)[1].lstrip(".").lower() for f in data_files.values()}
     if len(extensions) != 1:
         raise ValueError(f"train/validation/test files must have the same extension, got {sorted(extensions)}")
@@ -263,9 +263,7 @@ def _load_raw(dataset_name, dataset_config_name, train_file, validation_file, te
 
 def load_activity_dataset(
     dataset_name: str | None = None,
-    train_file: str | None = None,
-    validation_file: str | None = None,
-    test_file: str | None = None,
+    train_file: str | None = None, validation_file: str | None = None, test_file: str | None = None,
     dataset_config_name: str | None = None,
     image_features_column: str = IMAGE_FEATURES,
     video_features_column: str = VIDEO_FEATURES,

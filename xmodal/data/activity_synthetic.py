@@ -83,17 +83,13 @@ __all__ = [
 ]
 
 SHAPES = ("circle", "square", "triangle", "star", "stick_figure")
+# RGB values, two colours a line; red/crimson, green/lime and blue/navy are the near pairs.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (214, 39, 40),
-    "crimson": (160, 24, 70),
-    "orange": (245, 130, 32),
-    "yellow": (238, 210, 40),
-    "green": (40, 150, 50),
-    "lime": (105, 195, 45),
-    "blue": (45, 95, 225),
-    "navy": (30, 55, 160),
-    "purple": (140, 70, 190),
-    "white": (238, 238, 238),
+    "red": (214, 39, 40), "crimson": (160, 24, 70),
+    "orange": (245, 130, 32), "yellow": (238, 210, 40),
+    "green": (40, 150, 50), "lime": (105, 195, 45),
+    "blue": (45, 95, 225), "navy": (30, 55, 160),
+    "purple": (140, 70, 190), "white": (238, 238, 238),
 }
 TEXTURES = ("solid", "striped", "dotted")
 SCENES = ("night", "field", "indoor", "beach")

@@ -2,7 +2,7 @@
 """Data collators.
 
 `FashionBertPretrainingCollator` turns a list of image-text examples into one FashionBERT pretraining batch: text
-padding, whole-word MLM masks, MPM patch masks and TIA negatives (paper sec. 3.2; `papers/fashionbert.md`).
+padding, whole-word MLM masks, MPM patch masks and TIA negatives (paper sec. 3.2).
 
 Why not transformers' `DataCollatorForLanguageModeling(whole_word_mask=True)`: in transformers 5 its whole-word
 mode needs an `offset_mapping` from the tokenizer (our examples carry token ids only), turns the 80/10/10 split off
@@ -37,7 +37,7 @@ class FashionBertPretrainingCollator:
     - optional `subcategory` and `product_id` (any hashable value; `None` = unknown).
     Other keys are ignored.
 
-    The batch (keys as in INTERFACES.md) has `B = n + number of negatives` rows: the `n` examples first, in order
+    The batch (the keyword arguments of `FashionBertForPreTraining.forward`) has `B = n + number of negatives` rows: the `n` examples first, in order
     (aligned pairs, `alignment_labels` 0), then the TIA negatives (`alignment_labels` 1), in the order of the
     examples they were built from.
     - `input_ids` (B, T) with MLM masking applied, `attention_mask` (B, T), `token_type_ids` (B, T) and `labels`

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ._common import map_to_columns, split_files
+
 
 __all__ = [
     "BadRow",
@@ -60,7 +62,13 @@ _FASHIONGEN_REQUIRED = ("image", "text", "product_id")
 
 @dataclass(frozen=True)
 class BadRow:
-    """A row that was rejected: its split, index in the source split, and why (file named when known)."""
+    """A row that was rejected.
+
+    Attributes:
+        split (`str`): its split.
+        index (`int`): its index in the source split.
+        reason (`str`): why it was rejected (naming the file when known).
+    """
 
     split: str
     index: int
@@ -217,10 +225,7 @@ def _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_f
             loaded = datasets.DatasetDict({"train": loaded})
         base = os.path.abspath(dataset_name) if os.path.isdir(dataset_name) else None
         return {split: (ds, base, f"dataset {dataset_name!r}") for split, ds in loaded.items()}
-    files = {"train": train_file, "validation": validation_file, "test": test_file}
-    if all(f is None for f in files.values()):
-        raise ValueError("pass dataset_name, or at least one of train_file / validation_file / test_file")
-    return {split: from_file(path, split) for split, path in files.items() if path is not None}
+    return {split: from_file(path, split) for split, path in split_files(train_file, validation_file, test_file).items()}
 
 
 def _absolute_paths(batch, column: str, base: str):
@@ -250,9 +255,7 @@ def _optional_column(ds, column, default: str | None, argument: str, split: str,
 def load_fashion_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
-    train_file: str | None = None,
-    validation_file: str | None = None,
-    test_file: str | None = None,
+    train_file: str | None = None, validation_file: str | None = None, test_file: str | None = None,
     image_column: str = "image",
     caption_column: str = "text",
     subcategory_column: str | None = "subcategory",
@@ -339,13 +342,12 @@ def load_fashion_dataset(
         features = fashion_row_features(category_column is not None)
         features["image"] = datasets.Image(decode=False)
         features[_PROBLEM] = datasets.Value("string")
-        ds = ds.map(
+        ds = map_to_columns(
+            ds,
             _canonical_batch,
-            batched=True,
+            features,
+            num_proc,
             with_indices=True,
-            remove_columns=ds.column_names,
-            features=features,
-            num_proc=num_proc,
             fn_kwargs=dict(image_column=image_column, caption_column=caption_column, subcategory_column=sub_col,
                            product_id_column=pid_col, category_column=category_column,
                            validate_images=validate_images),

@@ -92,108 +92,33 @@ PATTERNS: tuple[str, ...] = (
 )
 
 # Per sub-category: its category and the values each factor may take (drawn uniformly and
-# independently). "none" marks a factor that does not apply (e.g. sleeves of trousers).
-SUBCATEGORY_OPTIONS: dict[str, dict[str, object]] = {
-    "t-shirt": {
-        "category": "tops",
-        "sleeve_length": ("short", "long"),
-        "neckline": ("crew neck", "v-neck"),
-        "closure": ("none", "buttons"),
-        "drawstring": (False,),
-        "pockets": ("none", "chest pocket"),
-        "hem": ("plain",),
-    },
-    "shirt": {
-        "category": "tops",
-        "sleeve_length": ("short", "long"),
-        "neckline": ("spread collar",),
-        "closure": ("buttons",),
-        "drawstring": (False,),
-        "pockets": ("none", "chest pocket", "patch pockets"),
-        "hem": ("plain",),
-    },
-    "hoodie": {
-        "category": "tops",
-        "sleeve_length": ("long", "short", "sleeveless"),
-        "neckline": ("hood",),
-        "closure": ("none", "zip"),
-        "drawstring": (False, True),
-        "pockets": ("kangaroo pocket", "patch pockets", "none"),
-        "hem": ("rib knit", "plain"),
-    },
-    "sweater": {
-        "category": "tops",
-        "sleeve_length": ("long", "sleeveless"),
-        "neckline": ("crew neck", "v-neck"),
-        "closure": ("none", "buttons", "zip"),
-        "drawstring": (False,),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("rib knit", "plain"),
-    },
-    "trousers": {
-        "category": "bottoms",
-        "sleeve_length": ("none",),
-        "neckline": ("none",),
-        "closure": ("zip", "buttons", "none"),
-        "drawstring": (False, True),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("plain", "rib knit"),
-    },
-    "shorts": {
-        "category": "bottoms",
-        "sleeve_length": ("none",),
-        "neckline": ("none",),
-        "closure": ("zip", "buttons", "none"),
-        "drawstring": (False, True),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("plain", "rib knit"),
-    },
-    "skirt": {
-        "category": "bottoms",
-        "sleeve_length": ("none",),
-        "neckline": ("none",),
-        "closure": ("none", "zip", "buttons"),
-        "drawstring": (False, True),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("plain",),
-    },
-    "a-line dress": {
-        "category": "dresses",
-        "sleeve_length": ("sleeveless", "short", "long"),
-        "neckline": ("crew neck", "v-neck"),
-        "closure": ("none", "buttons", "zip"),
-        "drawstring": (False, True),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("plain",),
-    },
-    "shift dress": {
-        "category": "dresses",
-        "sleeve_length": ("sleeveless", "short", "long"),
-        "neckline": ("crew neck", "v-neck"),
-        "closure": ("none", "buttons", "zip"),
-        "drawstring": (False, True),
-        "pockets": ("none", "patch pockets"),
-        "hem": ("plain",),
-    },
-    "jacket": {
-        "category": "outerwear",
-        "sleeve_length": ("long", "sleeveless"),
-        "neckline": ("stand collar", "notched lapels"),
-        "closure": ("zip", "buttons"),
-        "drawstring": (False, True),
-        "pockets": ("patch pockets", "chest pocket", "none"),
-        "hem": ("plain", "rib knit"),
-    },
-    "coat": {
-        "category": "outerwear",
-        "sleeve_length": ("long",),
-        "neckline": ("notched lapels", "stand collar"),
-        "closure": ("buttons", "zip"),
-        "drawstring": (False, True),
-        "pockets": ("patch pockets", "none"),
-        "hem": ("plain",),
-    },
+# independently), in the columns (category, sleeve_length, neckline, closure, drawstring, pockets, hem), the
+# values of a factor separated by "|" (drawstring: "no" = False, "yes" = True). "none" marks a factor that does
+# not apply (e.g. sleeves of trousers).
+_OPTION_ROWS: dict[str, tuple[str, ...]] = {
+    "t-shirt": ("tops", "short|long", "crew neck|v-neck", "none|buttons", "no", "none|chest pocket", "plain"),
+    "shirt": ("tops", "short|long", "spread collar", "buttons", "no", "none|chest pocket|patch pockets", "plain"),
+    "hoodie": ("tops", "long|short|sleeveless", "hood", "none|zip", "no|yes", "kangaroo pocket|patch pockets|none", "rib knit|plain"),
+    "sweater": ("tops", "long|sleeveless", "crew neck|v-neck", "none|buttons|zip", "no", "none|patch pockets", "rib knit|plain"),
+    "trousers": ("bottoms", "none", "none", "zip|buttons|none", "no|yes", "none|patch pockets", "plain|rib knit"),
+    "shorts": ("bottoms", "none", "none", "zip|buttons|none", "no|yes", "none|patch pockets", "plain|rib knit"),
+    "skirt": ("bottoms", "none", "none", "none|zip|buttons", "no|yes", "none|patch pockets", "plain"),
+    "a-line dress": ("dresses", "sleeveless|short|long", "crew neck|v-neck", "none|buttons|zip", "no|yes", "none|patch pockets", "plain"),
+    "shift dress": ("dresses", "sleeveless|short|long", "crew neck|v-neck", "none|buttons|zip", "no|yes", "none|patch pockets", "plain"),
+    "jacket": ("outerwear", "long|sleeveless", "stand collar|notched lapels", "zip|buttons", "no|yes", "patch pockets|chest pocket|none", "plain|rib knit"),
+    "coat": ("outerwear", "long", "notched lapels|stand collar", "buttons|zip", "no|yes", "patch pockets|none", "plain"),
 }
+
+
+def _options(category: str, *factor_values: str) -> dict[str, object]:
+    """A row of `_OPTION_ROWS` as an entry of `SUBCATEGORY_OPTIONS`: the category, then a tuple of values per factor."""
+    options: dict[str, object] = {"category": category}
+    for name, values in zip(("sleeve_length", "neckline", "closure", "drawstring", "pockets", "hem"), factor_values):
+        options[name] = tuple(value == "yes" if name == "drawstring" else value for value in values.split("|"))
+    return options
+
+
+SUBCATEGORY_OPTIONS: dict[str, dict[str, object]] = {name: _options(*row) for name, row in _OPTION_ROWS.items()}
 
 # Columns of the dataset besides image/text/product_id/view (the factors, in this order).
 FACTOR_COLUMNS: tuple[str, ...] = (
@@ -1000,12 +925,8 @@ def _check_split_fractions(split_fractions) -> tuple[list[str], list[float]]:
 
 
 def generate_fashion_columns(
-    num_products: int = 2000,
-    views_per_product: int = 3,
-    image_size: int = 256,
-    seed: int = 0,
-    split_fractions: Sequence[float] | Mapping[str, float] = (0.8, 0.1, 0.1),
-    show_progress: bool | None = None,
+    num_products: int = 2000, views_per_product: int = 3, image_size: int = 256, seed: int = 0,
+    split_fractions: Sequence[float] | Mapping[str, float] = (0.8, 0.1, 0.1), show_progress: bool | None = None,
 ) -> dict[str, dict[str, list]]:
     """
     The rows of `make_fashion_dataset` as plain columns, `{split: {column: list}}`, without `datasets` (images as

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
 from datasets import Array2D, Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
+
+from ._common import map_to_columns
 
 __all__ = ["add_fashionbert_inputs", "patch_encoder_fingerprint", "truncated_caption_rows"]
 
@@ -88,7 +91,13 @@ def add_fashionbert_inputs(
         ]
     )
 
+    parent = os.getpid()
+
     def encode(batch):
+        if os.getpid() != parent:
+            # A forked `datasets` worker inherits torch's OpenMP pool from a parent that has used it; entering a
+            # parallel region there hangs for good. One thread per worker runs torch's ops inline.
+            torch.set_num_threads(1)
         tokens = processor.tokenizer(batch["text"], truncation=True, max_length=max_text_length)
         pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
         with torch.no_grad():
@@ -99,15 +108,8 @@ def add_fashionbert_inputs(
             "patch_features": patches.float().cpu().numpy().astype(np.float32),
         }
 
-    encoded = dataset.map(
-        encode,
-        batched=True,
-        batch_size=batch_size,
-        remove_columns=dataset.column_names,
-        features=features,
-        num_proc=num_proc,
-        new_fingerprint=fingerprint,
-        desc=desc,
+    encoded = map_to_columns(
+        dataset, encode, features, num_proc, batch_size=batch_size, new_fingerprint=fingerprint, desc=desc
     )
     truncated = truncated_caption_rows(encoded, processor.tokenizer, max_text_length)
     if truncated:  # also when the features came from the cache

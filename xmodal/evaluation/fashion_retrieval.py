@@ -1,7 +1,7 @@
 # Copyright 2025 The xmodal authors. Licensed under the Apache License, Version 2.0.
 """FashionBERT's cross-modal retrieval and matching protocol (Gao et al., SIGIR 2020, Sec. 4).
 
-Protocol (papers/fashionbert.md, "Evaluation protocol"):
+Protocol (the paper's evaluation protocol, as implemented here):
 
 - One image-text pair per product: the product's *first row in dataset order* (for the synthetic
   test bed, view 0). Other views of the same product are never candidates.
@@ -344,10 +344,7 @@ def evaluate_pair_scorer(
     score_pairs: Callable[[np.ndarray, np.ndarray], np.ndarray],
     product_ids: Sequence,
     subcategories: Sequence | None = None,
-    num_queries: int = 1000,
-    num_negatives: int = 100,
-    num_draws: int = 3,
-    seed: int = 0,
+    num_queries: int = 1000, num_negatives: int = 100, num_draws: int = 3, seed: int = 0,
     directions: Sequence[str] = DIRECTIONS,
     matching: bool = True,
     matching_threshold: float = 0.0,
@@ -582,10 +579,7 @@ def evaluate_fashion_retrieval(
     model,
     eval_data,
     processor=None,
-    num_queries: int = 1000,
-    num_negatives: int = 100,
-    num_draws: int = 3,
-    seed: int = 0,
+    num_queries: int = 1000, num_negatives: int = 100, num_draws: int = 3, seed: int = 0,
     batch_size: int = 64,
     directions: Sequence[str] = DIRECTIONS,
     matching: bool = True,

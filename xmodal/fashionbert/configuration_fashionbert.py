@@ -41,6 +41,14 @@ MAX_FIELD_VALUES = {
 }
 MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
 
+# Fields derived from others when None, and the fields each is derived from: an override of a source in
+# `from_pretrained(path, **overrides)` derives them again (see `FashionBertConfig.from_dict`).
+DERIVED_FIELDS = {
+    "patch_encoder_config": ("patch_encoder_type",),
+    "patch_feature_dim": ("patch_encoder_type", "patch_encoder_config", "image_size", "patch_grid"),
+}
+_MISSING = object()
+
 # The fields a BERT config owns (on top of `PreTrainedConfig`'s common ones): copied 1:1 by `from_text_config`.
 _PRETRAINED_CONFIG_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
 BERT_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(BertConfig) if f.name not in _PRETRAINED_CONFIG_FIELDS)
@@ -56,10 +64,11 @@ class FashionBertConfig(PreTrainedConfig):
 
     Every BERT field has BERT's name and default, so a BERT config maps onto it 1:1
     (see [`~FashionBertConfig.from_text_config`]) and a BERT checkpoint's weights load into `bert.*`.
-    Invalid values fail at construction with a `ValueError` naming the field: wrong types (strict dataclass
+    Invalid values fail at construction with one `ValueError` naming every bad field: wrong types (strict dataclass
     validation), values out of range, sizes above `MAX_FIELD_VALUES`, and sizes that together would make a model of
     more than `MAX_PARAMETERS` parameters (estimated from the sizes, the patch encoder included), so a malicious
-    `config.json` is refused before any weight is allocated.
+    `config.json` is refused before any weight is allocated. Overrides at load time (`from_pretrained(path,
+    patch_grid=4)`) are applied before construction, so the derived fields (`DERIVED_FIELDS`) follow them.
 
     BERT fields (as in `transformers.BertConfig`):
         vocab_size (`int`, defaults to 30522): WordPiece vocabulary size.
@@ -245,10 +254,31 @@ class FashionBertConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.patch_feature_dim is None and not self._fashionbert_errors():
             self.patch_feature_dim = self.expected_patch_feature_dim
-        # Fail at construction with a plain ValueError naming the field (strict validators wrap their errors).
-        errors = self._fashionbert_errors()
-        if errors:
-            raise ValueError(errors[0])
+        # Fail at construction with a plain ValueError naming the fields (strict validators wrap their errors).
+        self.validate_fashionbert()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "FashionBertConfig":
+        """
+        As `PreTrainedConfig.from_dict` (so also `from_pretrained(path, **kwargs)`), but field overrides in `kwargs`
+        are applied before construction: derivation and validation run once, on the final values. The base class
+        builds the config first and sets the overrides afterwards, one attribute at a time, which would leave derived
+        fields computed from the old values (e.g. a default ResNet config kept after `patch_encoder_type="pixels"`).
+        Derived fields (`DERIVED_FIELDS`) whose sources an override changes are derived again, unless overridden too.
+        """
+        config_dict = dict(config_dict)
+        overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in _OWN_FIELDS}
+        stored = config_dict.get("patch_encoder_config")
+        if isinstance(overrides.get("patch_encoder_config"), dict) and isinstance(stored, dict):
+            # As the base class: a dict updates the stored sub-config instead of replacing it.
+            overrides["patch_encoder_config"] = {**stored, **overrides["patch_encoder_config"]}
+        changed = {name for name, value in overrides.items() if config_dict.get(name, _MISSING) != value}
+        for name, sources in DERIVED_FIELDS.items():
+            if name not in overrides and changed.intersection(sources):
+                config_dict[name] = None
+                changed.add(name)
+        config_dict.update(overrides)
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def num_patches(self) -> int:
@@ -267,11 +297,11 @@ class FashionBertConfig(PreTrainedConfig):
             return 3 * self.patch_size**2
         return int(self.patch_encoder_config.hidden_sizes[-1])
 
-    def validate_fashionbert(self):
-        """Strict-dataclass validator (also run by `save_pretrained`): raises ValueError naming the first bad field."""
+    def validate_fashionbert(self) -> None:
+        """Strict-dataclass validator (also run by `save_pretrained`): one ValueError naming every bad field."""
         errors = self._fashionbert_errors()
         if errors:
-            raise ValueError(errors[0])
+            raise ValueError("\n".join(errors))
 
     def _fashionbert_errors(self) -> list[str]:
         errors = []
@@ -420,3 +450,8 @@ class FashionBertConfig(PreTrainedConfig):
         fields = {name: config_dict[name] for name in BERT_CONFIG_FIELDS if name in config_dict}
         fields.update(kwargs)
         return cls(**fields)
+
+
+# FashionBERT's own fields (BERT's included), which `from_dict` applies before construction; the common
+# `PreTrainedConfig` ones (`dtype`, `return_dict`...) keep the base class's handling.
+_OWN_FIELDS = frozenset(f.name for f in dataclasses.fields(FashionBertConfig)) - _PRETRAINED_CONFIG_FIELDS

@@ -7,6 +7,7 @@ BERT checkpoint loads into `bert.*` / `cls.*` and the attention implementation (
 BERT's attention interface.
 """
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -253,6 +254,16 @@ def _patchify(pixel_values: torch.Tensor, patch_grid: int) -> torch.Tensor:
     return patches.reshape(batch_size, patch_grid * patch_grid, channels, size_h, size_w)
 
 
+def _text_batch(
+    input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+) -> tuple[int, int, torch.device]:
+    """`(batch_size, text_length, device)` of the text, given as exactly one of `input_ids` / `inputs_embeds`."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    text = input_ids if input_ids is not None else inputs_embeds
+    return text.shape[0], text.shape[1], text.device
+
+
 def _as_list(value):
     """Config values compare equal whether stored as list or tuple."""
     return list(value) if isinstance(value, (list, tuple)) else value
@@ -389,6 +400,7 @@ class FashionBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bert"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    # BERT's layers are `GradientCheckpointingLayer`s: transformers' `activation_checkpointing_enable()` recomputes them.
     supports_gradient_checkpointing = True
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -643,6 +655,7 @@ class FashionBertModel(FashionBertPreTrainedModel):
         patch_features: torch.Tensor | None = None,
         patch_mask: torch.Tensor | None = None,
         mpm_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -656,6 +669,8 @@ class FashionBertModel(FashionBertPreTrainedModel):
             patch_mask (`(batch_size, num_patches)`, *optional*): 1 for real patches, 0 for patches not to attend to.
             mpm_mask (`(batch_size, num_patches)` bool, *optional*): True = patch masked for MPM; its input feature is
                 zeroed (paper and code).
+            inputs_embeds (`(batch_size, text_length, hidden_size)`, *optional*): the text's word embeddings instead
+                of `input_ids` (exactly one of the two, as in BERT); position and segment embeddings are added as usual.
             output_hidden_states / output_attentions / return_dict: as in BERT.
 
         Returns:
@@ -663,13 +678,11 @@ class FashionBertModel(FashionBertPreTrainedModel):
             (text positions first, then the patches), `pooler_output` (see `alignment_pooling`), optional `hidden_states`,
             `attentions`.
         """
-        if input_ids is None:
-            raise ValueError("`input_ids` is required.")
-        features = self._resolve_patch_features(pixel_values, patch_features, input_ids.shape[0])
-        batch_size, text_length = input_ids.shape
+        batch_size, text_length, text_device = _text_batch(input_ids, inputs_embeds)
+        features = self._resolve_patch_features(pixel_values, patch_features, batch_size)
         if text_length > self.config.max_position_embeddings:
             raise ValueError(
-                f"`input_ids` has {text_length} tokens, more than max_position_embeddings "
+                f"The text has {text_length} tokens, more than max_position_embeddings "
                 f"({self.config.max_position_embeddings})."
             )
         if mpm_mask is not None:
@@ -677,14 +690,16 @@ class FashionBertModel(FashionBertPreTrainedModel):
                 raise ValueError(f"`mpm_mask` must have shape {tuple(features.shape[:2])}, got {tuple(mpm_mask.shape)}.")
             features = features.masked_fill(mpm_mask.bool().unsqueeze(-1), 0.0)
 
-        text_embeddings = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        text_embeddings = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds
+        )
         patch_embeddings = self.patch_embeddings(
             features.to(self.patch_embeddings.projection.weight.dtype), self.embeddings.token_type_embeddings
         )
         embedding_output = torch.cat([text_embeddings, patch_embeddings], dim=1)
 
         if attention_mask is None:
-            attention_mask = torch.ones(batch_size, text_length, dtype=torch.long, device=input_ids.device)
+            attention_mask = torch.ones(batch_size, text_length, dtype=torch.long, device=text_device)
         if patch_mask is None:
             patch_mask = torch.ones(features.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
         elif tuple(patch_mask.shape) != tuple(features.shape[:2]):
@@ -772,6 +787,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         mpm_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         alignment_labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> FashionBertForPreTrainingOutput:
         r"""
@@ -784,10 +800,11 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
 
         A task with nothing to predict in the batch (no label, no masked patch on an aligned row, no alignment
         labels) has loss 0 and weight 0; the other weights are renormalised. `loss` is None when no target is given.
+        With `inputs_embeds` instead of `input_ids`, the contrastive task (`contrastive_projection_dim`) cannot run:
+        it needs the token ids.
         """
-        if input_ids is None:
-            raise ValueError("`input_ids` is required.")
-        features = self.bert._resolve_patch_features(pixel_values, patch_features, input_ids.shape[0])
+        batch_size, text_length, text_device = _text_batch(input_ids, inputs_embeds)
+        features = self.bert._resolve_patch_features(pixel_values, patch_features, batch_size)
         outputs = self.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -795,15 +812,15 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             patch_features=features,
             patch_mask=patch_mask,
             mpm_mask=mpm_mask,
+            inputs_embeds=inputs_embeds,
             return_dict=True,
             **kwargs,
         )
-        text_length = input_ids.shape[1]
         sequence_output = outputs.last_hidden_state
         text_output = sequence_output[:, :text_length]
-        aligned = None if alignment_labels is None else alignment_labels.to(input_ids.device) == 0
+        aligned = None if alignment_labels is None else alignment_labels.to(text_device) == 0
         if labels is not None:
-            labels = self._mlm_targets(labels.to(input_ids.device), text_output.shape[:2], aligned)
+            labels = self._mlm_targets(labels.to(text_device), text_output.shape[:2], aligned)
         if labels is not None and self.config.sparse_prediction:
             predicted = labels != -100
             mlm_logits = self.cls.predictions(text_output[predicted])  # (num_predicted, vocab_size)
@@ -823,6 +840,11 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             present = [mlm_present, mpm_present, tia_present]
             shared_states = [(sequence_output,)] * 3  # what each task's head reads (for task_weighting="gradient")
             if "itc" in self.tasks:
+                if input_ids is None:
+                    raise ValueError(
+                        "The image-text contrastive task (`contrastive_projection_dim`) needs `input_ids`: it encodes "
+                        "the unmasked text alone, restored from the ids and `labels`. Pass them, not `inputs_embeds`."
+                    )
                 itc_loss, itc_present, unimodal_states = self._itc_loss(
                     input_ids, attention_mask, token_type_ids, labels, features, patch_mask, aligned
                 )
@@ -997,6 +1019,21 @@ class FashionBertForImageTextRetrieval(FashionBertPreTrainedModel):
         self.cls = FashionBertOnlyAlignmentHead(config)
         self.post_init()
 
+    @classmethod
+    def from_pretraining_model(cls, model: "FashionBertForPreTraining") -> "FashionBertForImageTextRetrieval":
+        """
+        The retrieval model of a pretraining model: a copy of its encoder (`bert.*`) and alignment head
+        (`cls.seq_relationship`), with the same config, dtypes and device, in eval mode. The copy shares no storage
+        with `model`; the MLM/MPM heads and the training state are left behind.
+        """
+        retrieval = cls(copy.deepcopy(model.config)).to(model.device)
+        # `assign=True` keeps each source tensor's dtype (a cast model stays cast); strict loading of both
+        # submodules fails loudly if anything is missing.
+        for name in ("bert", "cls.seq_relationship"):
+            weights = {key: value.detach().clone() for key, value in model.get_submodule(name).state_dict().items()}
+            retrieval.get_submodule(name).load_state_dict(weights, strict=True, assign=True)
+        return retrieval.eval()
+
     @can_return_tuple
     def forward(
         self,
@@ -1007,6 +1044,7 @@ class FashionBertForImageTextRetrieval(FashionBertPreTrainedModel):
         patch_features: torch.Tensor | None = None,
         patch_mask: torch.Tensor | None = None,
         alignment_labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> FashionBertForImageTextRetrievalOutput:
         r"""
@@ -1020,6 +1058,7 @@ class FashionBertForImageTextRetrieval(FashionBertPreTrainedModel):
             pixel_values=pixel_values,
             patch_features=patch_features,
             patch_mask=patch_mask,
+            inputs_embeds=inputs_embeds,
             return_dict=True,
             **kwargs,
         )

@@ -1,5 +1,7 @@
 """MAP-IVR model configuration."""
 
+import dataclasses
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -22,6 +24,10 @@ MAX_FIELD_VALUES = {
 MAX_HIDDEN_LAYERS = 64  # entries of `encoder_hidden_sizes` / `decoder_hidden_sizes`, each at most 2**16 wide
 MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
 
+# Fields derived from another when None: an override of the source in `from_pretrained(path, **overrides)` derives
+# them again (see `MapIvrConfig.from_dict`).
+DERIVED_FIELDS = {"motion_dim": "appearance_dim"}
+
 
 @strict
 class MapIvrConfig(PreTrainedConfig):
@@ -39,10 +45,12 @@ class MapIvrConfig(PreTrainedConfig):
     forms and weights, h, lambda_v, top-k) is a **default of this project**: the paper's text
     is not available, so these are configurable and swept by the benchmarks.
 
-    Invalid values raise at construction, naming the field: wrong types (strict dataclass
+    Invalid values raise one ValueError at construction, naming every bad field: wrong types (strict dataclass
     validation), values out of range, sizes above `MAX_FIELD_VALUES` / `MAX_HIDDEN_LAYERS`, and
     sizes that together make a model of more than `MAX_PARAMETERS` parameters, so a malicious
-    `config.json` is refused before any weight is allocated.
+    `config.json` is refused before any weight is allocated. Overrides at load time
+    (`from_pretrained(path, appearance_dim=256)`) are applied before construction, so the derived
+    `motion_dim` follows them.
 
     Args:
         image_feature_dim (`int`, defaults to 4096):
@@ -51,9 +59,9 @@ class MapIvrConfig(PreTrainedConfig):
             Size of a proposal feature and of v_bar (R-C3D proposal features in the paper).
         appearance_dim (`int`, defaults to 512):
             Size of the shared appearance space (a^u, a^v). Project default.
-        motion_dim (`int`, defaults to 512):
+        motion_dim (`int`, *optional*):
             Size of the motion feature m^v. Must equal `appearance_dim`, since L_orth compares
-            m^v and a^v with a cosine. Project default.
+            m^v and a^v with a cosine; `None` (the default) derives it from `appearance_dim`.
         latent_dim (`int`, defaults to 64):
             Size of the motion uncertainty code z. Project default.
         encoder_hidden_sizes (`list[int]`, defaults to `(1024,)`):
@@ -113,7 +121,7 @@ class MapIvrConfig(PreTrainedConfig):
     image_feature_dim: int = 4096
     video_feature_dim: int = 4096
     appearance_dim: int = 512
-    motion_dim: int = 512
+    motion_dim: int | None = None
     latent_dim: int = 64
     encoder_hidden_sizes: list[int] | tuple[int, ...] = (1024,)
     decoder_hidden_sizes: list[int] | tuple[int, ...] = (1024,)
@@ -136,17 +144,40 @@ class MapIvrConfig(PreTrainedConfig):
         # `num_labels` is a property of PreTrainedConfig backed by id2label (see BartConfig).
         if self.id2label is None:
             self.num_labels = kwargs.pop("num_labels", 18)
+        if self.motion_dim is None:
+            self.motion_dim = self.appearance_dim
         self.encoder_hidden_sizes = list(self.encoder_hidden_sizes)
         self.decoder_hidden_sizes = list(self.decoder_hidden_sizes)
         super().__post_init__(**kwargs)
-        self._check_values()
+        self.validate_map_ivr_values()
 
-    def validate_map_ivr_values(self):
-        """Part of `@strict` validation (also run at save time)."""
-        self._check_values()
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "MapIvrConfig":
+        """
+        As `PreTrainedConfig.from_dict` (so also `from_pretrained(path, **kwargs)`), but field overrides in `kwargs`
+        are applied before construction, so derivation and validation run once, on the final values (the base class
+        sets them afterwards, one attribute at a time). `motion_dim` follows an overridden `appearance_dim` unless it
+        is overridden too; `num_labels` keeps the base class's handling (it rebuilds `id2label`).
+        """
+        overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in _OWN_FIELDS}
+        config_dict = {**config_dict, **overrides}
+        for name, source in DERIVED_FIELDS.items():
+            if source in overrides and name not in overrides:
+                config_dict[name] = None
+        return super().from_dict(config_dict, **kwargs)
 
-    def _check_values(self):
-        self._check_sizes()
+    def validate_map_ivr_values(self) -> None:
+        """Part of `@strict` validation (also run at save time): one ValueError naming every bad field."""
+        errors = self._size_errors()
+        if not errors:  # the checks below assume sane sizes
+            errors = self._value_errors()
+        if errors:
+            raise ValueError("\n".join(errors))
+
+    def _value_errors(self) -> list[str]:
+        from transformers.activations import ACT2FN
+
+        errors = []
         for name in (
             "image_feature_dim",
             "video_feature_dim",
@@ -159,59 +190,58 @@ class MapIvrConfig(PreTrainedConfig):
         ):
             value = getattr(self, name)
             if value < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {value}")
+                errors.append(f"`{name}` must be >= 1, got {value}")
         for name in ("encoder_hidden_sizes", "decoder_hidden_sizes"):
             sizes = getattr(self, name)
             if any(size < 1 for size in sizes):
-                raise ValueError(f"`{name}` must contain sizes >= 1, got {list(sizes)}")
+                errors.append(f"`{name}` must contain sizes >= 1, got {list(sizes)}")
         if self.motion_dim != self.appearance_dim:
-            raise ValueError(
+            errors.append(
                 f"`motion_dim` ({self.motion_dim}) must equal `appearance_dim` ({self.appearance_dim}): "
                 "L_orth takes the cosine between m^v and a^v"
             )
         if self.num_labels is None or self.num_labels < 1:
-            raise ValueError(f"`num_labels` must be >= 1, got {self.num_labels}")
+            errors.append(f"`num_labels` must be >= 1, got {self.num_labels}")
         if self.orth_loss not in ("abs", "squared"):
-            raise ValueError(f"`orth_loss` must be 'abs' or 'squared', got {self.orth_loss!r}")
+            errors.append(f"`orth_loss` must be 'abs' or 'squared', got {self.orth_loss!r}")
         if self.recon_loss not in ("mse", "cosine"):
-            raise ValueError(f"`recon_loss` must be 'mse' or 'cosine', got {self.recon_loss!r}")
+            errors.append(f"`recon_loss` must be 'mse' or 'cosine', got {self.recon_loss!r}")
         for name in ("orth_loss_weight", "class_loss_weight", "kl_loss_weight", "recon_loss_weight"):
             value = getattr(self, name)
             if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}")
+                errors.append(f"`{name}` must be >= 0, got {value}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1), got {self.dropout}")
+            errors.append(f"`dropout` must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.lambda_v <= 1.0:
-            raise ValueError(f"`lambda_v` must be in [0, 1], got {self.lambda_v}")
+            errors.append(f"`lambda_v` must be in [0, 1], got {self.lambda_v}")
         if self.logvar_clamp <= 0:
-            raise ValueError(f"`logvar_clamp` must be > 0, got {self.logvar_clamp}")
+            errors.append(f"`logvar_clamp` must be > 0, got {self.logvar_clamp}")
         if self.initializer_range <= 0:
-            raise ValueError(f"`initializer_range` must be > 0, got {self.initializer_range}")
-        from transformers.activations import ACT2FN
-
+            errors.append(f"`initializer_range` must be > 0, got {self.initializer_range}")
         if self.hidden_act not in ACT2FN:
-            raise ValueError(f"`hidden_act` must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
+            errors.append(f"`hidden_act` must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
+        return errors
 
-    def _check_sizes(self):
-        """Refuses sizes above the ceilings (module constants) before anything is allocated."""
+    def _size_errors(self) -> list[str]:
+        """Sizes above the ceilings (module constants), found before anything is allocated."""
+        errors = []
         for name, ceiling in MAX_FIELD_VALUES.items():
             value = getattr(self, name)
             if value is not None and value > ceiling:
-                raise ValueError(
-                    f"`{name}` is {value}, above the ceiling of {ceiling} (a corrupt or malicious config?)"
-                )
+                errors.append(f"`{name}` is {value}, above the ceiling of {ceiling} (a corrupt or malicious config?)")
         for name in ("encoder_hidden_sizes", "decoder_hidden_sizes"):
             sizes = getattr(self, name)
             if len(sizes) > MAX_HIDDEN_LAYERS or any(size > 2**16 for size in sizes):
-                raise ValueError(
+                errors.append(
                     f"`{name}` must have at most {MAX_HIDDEN_LAYERS} sizes of at most {2**16}, got {len(sizes)} sizes "
                     f"up to {max(sizes, default=0)} (a corrupt or malicious config?)"
                 )
-        if self._estimated_num_parameters() > MAX_PARAMETERS:
-            raise ValueError(
+        if not errors and self._estimated_num_parameters() > MAX_PARAMETERS:
+            errors.append(
                 f"the sizes make a model of about {self._estimated_num_parameters():.3g} parameters, above the ceiling "
                 f"of {MAX_PARAMETERS:.3g} (a corrupt or malicious config?)"
             )
+        return errors
 
     def _estimated_num_parameters(self) -> int:
         """The model's parameter count from the sizes alone (weights and biases of every linear layer)."""
@@ -227,3 +257,10 @@ class MapIvrConfig(PreTrainedConfig):
         decoder = mlp(self.latent_dim + self.appearance_dim, self.decoder_hidden_sizes, self.video_feature_dim)
         classifier = (self.appearance_dim + 1) * (self.num_labels or 0)
         return encoders + motion + decoder + classifier
+
+
+# MAP-IVR's own fields, which `from_dict` applies before construction; the common `PreTrainedConfig` ones (`dtype`,
+# `return_dict`, `num_labels`...) keep the base class's handling.
+_OWN_FIELDS = frozenset(f.name for f in dataclasses.fields(MapIvrConfig)) - {
+    f.name for f in dataclasses.fields(PreTrainedConfig)
+}

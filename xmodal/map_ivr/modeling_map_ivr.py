@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -26,7 +26,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_map_ivr import MapIvrConfig
 
@@ -37,6 +39,7 @@ __all__ = [
     "MapIvrModelOutput",
     "MapIvrEncodedVideos",
     "MapIvrScores",
+    "MapIvrScoringOptions",
     "MapIvrRanking",
     "pool_proposals",
     "orthogonality_loss",
@@ -139,6 +142,26 @@ class MapIvrEncodedVideos:
         return MapIvrEncodedVideos(
             appearance=self.appearance.to(*args, **kwargs), video_features=self.video_features.to(*args, **kwargs)
         )
+
+
+class MapIvrScoringOptions(TypedDict, total=False):
+    r"""
+    Options of [`MapIvrModel.score`] and [`MapIvrModel.rank`], all optional.
+
+    Args:
+        num_samples (`int`): h, the motion codes sampled per query (default `config.num_samples`).
+        generator (`torch.Generator`): generator of the codes (deterministic scores when seeded).
+        proposal_scores, proposal_mask: for a gallery of proposal bags, as in [`MapIvrModel.forward`].
+        chunk_size (`int`): gallery videos per chunk (default `config.score_chunk_size`).
+        motion_codes (`torch.FloatTensor` of shape `(num_queries, h, latent_dim)`): explicit codes instead of sampling.
+    """
+
+    num_samples: int | None
+    generator: torch.Generator | None
+    proposal_scores: Any
+    proposal_mask: Any
+    chunk_size: int | None
+    motion_codes: torch.Tensor | None
 
 
 @dataclass
@@ -258,6 +281,11 @@ def reconstruction_loss(target: torch.Tensor, reconstruction: torch.Tensor, form
     raise ValueError(f"recon_loss form must be 'mse' or 'cosine', got {form!r}")
 
 
+def _combined_score(s_a: torch.Tensor, s_v: torch.Tensor, lambda_v: float) -> torch.Tensor:
+    """(S_all) = (1 - lambda_v) * S_A + lambda_v * S_V."""
+    return (1.0 - lambda_v) * s_a + lambda_v * s_v
+
+
 # ----------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------
@@ -286,12 +314,23 @@ class MapIvrPreTrainedModel(PreTrainedModel):
     main_input_name = "image_features"
     input_modalities = ("image", "video")
 
+    # Three shallow MLPs and no layer stack: nothing worth recomputing, so transformers' own
+    # `activation_checkpointing_enable()` refuses it with its error.
+    supports_gradient_checkpointing = False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+
+def _reject_unknown_kwargs(kwargs: dict) -> None:
+    """Raise a TypeError naming any keyword that is not one of transformers' common flags (`TransformersKwargs`)."""
+    unknown = sorted(set(kwargs) - set(TransformersKwargs.__annotations__))
+    if unknown:
+        raise TypeError(f"MapIvrModel.forward() got unexpected keyword argument(s): {', '.join(unknown)}")
 
 
 def _as_tensor(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -364,6 +403,7 @@ class MapIvrModel(MapIvrPreTrainedModel):
 
     # ---- training forward ----
 
+    @can_return_tuple
     def forward(
         self,
         image_features: torch.Tensor,
@@ -371,9 +411,8 @@ class MapIvrModel(MapIvrPreTrainedModel):
         labels: torch.Tensor | None = None,
         proposal_scores: torch.Tensor | None = None,
         proposal_mask: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MapIvrModelOutput | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MapIvrModelOutput:
         r"""
         Args:
             image_features (`torch.FloatTensor` of shape `(batch_size, image_feature_dim)`):
@@ -388,13 +427,15 @@ class MapIvrModel(MapIvrPreTrainedModel):
                 True for real proposals, False for padding.
             return_dict (`bool`, *optional*):
                 Return a `MapIvrModelOutput` (default `config.return_dict`) or a tuple.
+            kwargs: transformers' common flags (`TransformersKwargs`); MAP-IVR has no attentions or hidden states
+                to return, and any other name (a typo such as `label`) raises a `TypeError`.
 
         The motion code is z = mu + sigma * eps with eps ~ N(0, I) in training mode
         (reparameterisation, so gradients reach E_mu and E_sigma) and z = mu in eval mode
         (deterministic outputs). The returned loss always includes L_orth, L_KL and L_re (they need
         no labels) and adds L_class when `labels` are given.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        _reject_unknown_kwargs(kwargs)
         self._check_features(image_features, "image_features", self.config.image_feature_dim, bag_ok=False)
         video_bar = self.pool_video_features(video_features, proposal_scores, proposal_mask)
         if video_bar.shape[0] != image_features.shape[0]:
@@ -429,7 +470,7 @@ class MapIvrModel(MapIvrPreTrainedModel):
             class_loss = F.cross_entropy(video_logits, labels) + F.cross_entropy(image_logits, labels)
             loss = loss + config.class_loss_weight * class_loss
 
-        output = MapIvrModelOutput(
+        return MapIvrModelOutput(
             loss=loss,
             orth_loss=orth,
             class_loss=class_loss,
@@ -446,7 +487,6 @@ class MapIvrModel(MapIvrPreTrainedModel):
             image_logits=image_logits,
             video_logits=video_logits,
         )
-        return output if return_dict else output.to_tuple()
 
     # ---- retrieval ----
 
@@ -564,12 +604,12 @@ class MapIvrModel(MapIvrPreTrainedModel):
         self,
         image_features: Any,
         video_features: Any,
-        num_samples: int | None,
-        generator: torch.Generator | None,
-        proposal_scores: Any,
-        proposal_mask: Any,
-        chunk_size: int | None,
-        motion_codes: torch.Tensor | None,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+        proposal_scores: Any = None,
+        proposal_mask: Any = None,
+        chunk_size: int | None = None,
+        motion_codes: torch.Tensor | None = None,
     ):
         """Yield ``(start, stop, s_a, s_v)`` for consecutive gallery chunks (CPU tensors ``(Q, stop - start)``)."""
         config = self.config
@@ -615,17 +655,19 @@ class MapIvrModel(MapIvrPreTrainedModel):
                     s_v[q:q_stop] = 1.0 - cosine.view(q_stop - q, num_samples, -1).amax(dim=1)
                 yield start, stop, s_a.float().cpu(), s_v.float().cpu()
 
+    def _lambda_v(self, lambda_v: float | None) -> float:
+        """The weight of S_V: `lambda_v`, or `config.lambda_v` when None; must be in [0, 1]."""
+        lambda_v = self.config.lambda_v if lambda_v is None else lambda_v
+        if not 0.0 <= lambda_v <= 1.0:
+            raise ValueError(f"lambda_v must be in [0, 1], got {lambda_v}")
+        return lambda_v
+
     def score(
         self,
         image_features: Any,
         video_features: Any,
-        num_samples: int | None = None,
         lambda_v: float | None = None,
-        generator: torch.Generator | None = None,
-        proposal_scores: Any = None,
-        proposal_mask: Any = None,
-        chunk_size: int | None = None,
-        motion_codes: torch.Tensor | None = None,
+        **options: Unpack[MapIvrScoringOptions],
     ) -> MapIvrScores:
         """Distances between image queries and a video gallery (lower = closer), as in the seed:
 
@@ -643,29 +685,20 @@ class MapIvrModel(MapIvrPreTrainedModel):
             image_features: ``(Q, image_feature_dim)`` query image features.
             video_features: ``(N, D)`` or ``(N, K, D)`` gallery features (tensor or array, read
                 chunk by chunk), or a `MapIvrEncodedVideos` from `encode_videos` (no re-encoding).
-            num_samples: h (default `config.num_samples`).
             lambda_v: weight of S_V (default `config.lambda_v`).
-            generator: torch generator for the codes (deterministic scores when seeded).
-            proposal_scores, proposal_mask: for proposal bags, as in `forward`.
-            chunk_size: gallery videos per chunk (default `config.score_chunk_size`).
-            motion_codes: explicit codes ``(Q, h, latent_dim)`` instead of sampling.
+            options: `MapIvrScoringOptions` (sampling, proposal bags, chunking); an unknown name raises a TypeError.
 
         Returns:
             `MapIvrScores` with ``s_a``, ``s_v``, ``s_all`` of shape ``(Q, N)`` (float32, CPU).
         """
-        lambda_v = self.config.lambda_v if lambda_v is None else lambda_v
-        if not 0.0 <= lambda_v <= 1.0:
-            raise ValueError(f"lambda_v must be in [0, 1], got {lambda_v}")
+        lambda_v = self._lambda_v(lambda_v)
         num_queries, num_videos = len(image_features), len(video_features)
         s_a = torch.empty(num_queries, num_videos, dtype=torch.float32)
         s_v = torch.empty(num_queries, num_videos, dtype=torch.float32)
-        for start, stop, a, v in self._score_chunks(
-            image_features, video_features, num_samples, generator, proposal_scores, proposal_mask, chunk_size, motion_codes
-        ):
+        for start, stop, a, v in self._score_chunks(image_features, video_features, **options):
             s_a[:, start:stop] = a
             s_v[:, start:stop] = v
-        s_all = (1.0 - lambda_v) * s_a + lambda_v * s_v  # (S_all)
-        return MapIvrScores(s_a=s_a, s_v=s_v, s_all=s_all)
+        return MapIvrScores(s_a=s_a, s_v=s_v, s_all=_combined_score(s_a, s_v, lambda_v))
 
     def rank(
         self,
@@ -673,13 +706,8 @@ class MapIvrModel(MapIvrPreTrainedModel):
         video_features: Any,
         top_k: int = 100,
         by: str = "s_all",
-        num_samples: int | None = None,
         lambda_v: float | None = None,
-        generator: torch.Generator | None = None,
-        proposal_scores: Any = None,
-        proposal_mask: Any = None,
-        chunk_size: int | None = None,
-        motion_codes: torch.Tensor | None = None,
+        **options: Unpack[MapIvrScoringOptions],
     ) -> MapIvrRanking:
         """The ``top_k`` closest gallery videos per query under ``by`` (``"s_all"``, ``"s_a"`` or
         ``"s_v"``), merged chunk by chunk so the full ``(Q, N)`` matrix is never held. Same
@@ -693,16 +721,12 @@ class MapIvrModel(MapIvrPreTrainedModel):
             raise ValueError(f"by must be 's_all', 's_a' or 's_v', got {by!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        lambda_v = self.config.lambda_v if lambda_v is None else lambda_v
-        if not 0.0 <= lambda_v <= 1.0:
-            raise ValueError(f"lambda_v must be in [0, 1], got {lambda_v}")
+        lambda_v = self._lambda_v(lambda_v)
         num_queries = len(image_features)
         best_distances = torch.zeros(num_queries, 0)
         best_indices = torch.zeros(num_queries, 0, dtype=torch.long)
-        for start, stop, s_a, s_v in self._score_chunks(
-            image_features, video_features, num_samples, generator, proposal_scores, proposal_mask, chunk_size, motion_codes
-        ):
-            distances = {"s_a": s_a, "s_v": s_v, "s_all": (1.0 - lambda_v) * s_a + lambda_v * s_v}[by]
+        for start, stop, s_a, s_v in self._score_chunks(image_features, video_features, **options):
+            distances = {"s_a": s_a, "s_v": s_v, "s_all": _combined_score(s_a, s_v, lambda_v)}[by]
             indices = torch.arange(start, stop).expand(num_queries, -1)
             # Earlier (lower-index) candidates come first, so a stable sort breaks ties by index.
             merged = torch.cat([best_distances, distances], dim=1)

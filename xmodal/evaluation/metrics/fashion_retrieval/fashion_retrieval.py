@@ -1,11 +1,11 @@
 # Copyright 2025 The xmodal authors. Licensed under the Apache License, Version 2.0.
 """FashionBERT retrieval Rank@K as an `evaluate` metric (load offline with `evaluate.load(<this folder>)`)."""
 
-import datasets
 import evaluate
 import numpy as np
 
 from xmodal.evaluation.fashion_retrieval import retrieval_metrics_from_scores
+from xmodal.evaluation.metric_modules import as_score_rows, score_rows_metric_info
 
 
 _DESCRIPTION = """
@@ -46,21 +46,10 @@ _CITATION = """
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FashionRetrieval(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("float64")),
-                    "references": datasets.Value("int64"),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2005.09801"],
+        return score_rows_metric_info(
+            _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, reference_urls=["https://arxiv.org/abs/2005.09801"]
         )
 
     def _compute(self, predictions, references, ks=(1, 5, 10)):
-        scores = np.asarray(predictions, dtype=np.float64)
-        if scores.ndim != 2:
-            raise ValueError("every prediction must be a row of candidate scores of the same length")
+        scores = as_score_rows(predictions, "candidate scores of the same length")
         return retrieval_metrics_from_scores(scores, np.asarray(references, dtype=np.int64), ks=tuple(ks))
