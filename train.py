@@ -81,7 +81,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="train.py",
         description="Train FashionBERT or MAP-IVR with Accelerate. With no arguments: FashionBERT, initialised from "
-        "the packaged MiniLM, on the synthetic fashion test bed (about 13 minutes on 2 CPU cores).",
+        "the packaged MiniLM, on the synthetic fashion test bed (about 11 minutes on 2 CPU cores).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")

@@ -155,11 +155,11 @@ def card_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def training_curve_figures(history: list[dict], folder: Path) -> list[dict]:
+def training_curve_figures(history: list[dict], folder: Path, caption: str = "each task's loss during training") -> list[dict]:
     """Each task's loss over training, one figure (`losses.png`); none when no loss was logged."""
     from ..visualization import loss_keys, save_loss_curves
 
     if not loss_keys(history):
         return []
     save_loss_curves(history, folder / "losses.png")
-    return [{"file": "losses.png", "path": folder / "losses.png", "caption": "each task's loss during training"}]
+    return [{"file": "losses.png", "path": folder / "losses.png", "caption": caption}]

@@ -438,7 +438,9 @@ def save_figures(
         result = rank()
         save_retrieval_grid(query, candidates, result.indices.tolist(), result.scores.tolist(), folder / name, ground_truth=0)
         figures.append({"file": name, "path": folder / name, "caption": f"{direction}: top 5 of {len(images)} evaluation products, ground truth framed"})
-    figures += training_curve_figures(history, folder)
+    figures += training_curve_figures(
+        history, folder, caption="each task's loss during training (MLM and MPM read 0 during the alignment warm-up: nothing is masked)"
+    )
     if any("tia_loss" in row for row in history):
         save_training_curves(history, folder / "alignment_loss.png", keys=("tia_loss",), title="FashionBERT alignment (TIA) loss",
                              ylabel="loss", references={"chance (ln 2)": math.log(2)})
