@@ -9,7 +9,9 @@ environment's site-packages except xmodal's package, metadata and editable-insta
 `site.addsitedir` (so the other packages' `.pth` files still apply). Its working directory is a temporary folder
 outside the repository. In it, FashionBERT (processor, image processor, encoder, pretraining model, retrieval model)
 and MAP-IVR (feature extractor, model, scores) load from saved folders with `trust_remote_code=True` and must
-reproduce this process's outputs bit for bit.
+reproduce this process's outputs bit for bit; and transformers' own entry point,
+`pipeline("fashion-retrieval", model=folder_or_repo_id, trust_remote_code=True)`, ranks images for texts and texts
+for images as xmodal's `score_pairs` does.
 """
 
 import inspect
@@ -432,3 +434,143 @@ def test_saved_folders_load_and_run_with_remote_code_only(saved, isolated_site, 
     # The retrieval folder's AutoModel is the encoder of the same weights.
     pooled = actual["fashionbert.retrieval_encoder.pooler_output"]
     assert torch.equal(pooled, actual["fashionbert.encoder.pooler_output"])
+
+
+# ----------------------------------------------------------------------------- transformers' pipeline, without xmodal
+
+CHILD_PIPELINE = CHILD_PRELUDE + r"""
+environment = report_environment()
+if environment["import_error"] is None:
+    sys.exit("xmodal is importable in the isolated interpreter")
+import PIL.Image
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import pipeline
+from transformers.utils.hub import HF_MODULES_CACHE
+
+torch.set_num_threads(1)
+inputs_path, sources = sys.argv[4], sys.argv[5:]
+raw = load_file(inputs_path)
+with safe_open(inputs_path, "pt") as f:
+    texts = json.loads(f.metadata()["texts"])
+images = [PIL.Image.fromarray(raw[f"image_{i}"].numpy()) for i in range(sum(k.startswith("image_") for k in raw))]
+
+def describe(obj):
+    module = type(obj).__module__
+    return {"name": type(obj).__name__, "module": module, "file": sys.modules[module].__file__}
+
+results = {}
+for source in sources:
+    search = pipeline("fashion-retrieval", model=source, trust_remote_code=True, device="cpu")
+    text_to_image = [search(text, candidate_images=images) for text in texts]
+    image_to_text = [search(image, candidate_texts=texts, top_k=2) for image in images]
+    results[source] = {
+        "pipeline": describe(search),
+        "model": describe(search.model),
+        "processor": describe(search.processor),
+        "images_returned": all(r["image"] is images[r["index"]] for ranking in text_to_image for r in ranking),
+        "text_to_image": [[{"index": r["index"], "score": r["score"]} for r in ranking] for ranking in text_to_image],
+        "image_to_text": [[{"index": r["index"], "score": r["score"], "text": r["text"]} for r in ranking]
+                          for ranking in image_to_text],
+    }
+write_report({
+    **report_environment(),
+    "results": results,
+    "xmodal_modules": [m for m in sys.modules if m == "xmodal" or m.startswith("xmodal.")],
+    "hf_modules_cache": HF_MODULES_CACHE,
+})
+"""
+
+PIPELINE_TEXTS = ["red silk sleeveless dress", "black wool coat, zebra", "wool sleeve"]
+
+
+def _pipeline_images() -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    return [rng.integers(0, 256, size=(12 + 4 * i, 16, 3), dtype=np.uint8) for i in range(4)]
+
+
+def _expected_scores(saved: dict, images: list[np.ndarray]) -> torch.Tensor:
+    """`(num_texts, num_images)` scores from xmodal's own `score_pairs` on the in-memory retrieval model."""
+    processor, model = saved["processor"], saved["retrieval"]
+    encoded = processor(text=PIPELINE_TEXTS, return_tensors="pt")
+    pixels = processor(images=[PIL.Image.fromarray(image) for image in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = model.bert.get_patch_features(pixels)
+    text_indices = torch.arange(len(PIPELINE_TEXTS)).repeat_interleave(len(images))
+    image_indices = torch.arange(len(images)).repeat(len(PIPELINE_TEXTS))
+    scores = model.score_pairs(
+        encoded["input_ids"], encoded["attention_mask"], features, text_indices, image_indices,
+        token_type_ids=encoded["token_type_ids"],
+    )  # fmt: skip
+    return scores.reshape(len(PIPELINE_TEXTS), len(images))
+
+
+def test_saved_folders_carry_the_fashion_retrieval_pipeline(saved):
+    for name, auto_class in (("fashionbert", "AutoModelForPreTraining"), ("fashionbert_retrieval", "AutoModel")):
+        folder = saved["root"] / name
+        assert (folder / "pipeline_fashionbert.py").is_file()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["custom_pipelines"] == {
+            "fashion-retrieval": {
+                "impl": "pipeline_fashionbert.FashionRetrievalPipeline", "pt": [auto_class], "type": "multimodal",
+            }
+        }  # fmt: skip
+    assert "custom_pipelines" not in json.loads((saved["root"] / "map_ivr" / "config.json").read_text())
+    assert not (saved["root"] / "map_ivr" / "pipeline_fashionbert.py").exists()
+
+
+@pytest.mark.parametrize("source", ["folder", "hub_repo_id"])
+def test_fashion_retrieval_pipeline_runs_with_remote_code_only(
+    saved, isolated_site, tmp_path, one_thread, source, request
+):
+    images = _pipeline_images()
+    inputs_path = tmp_path / "pipeline_inputs.safetensors"
+    save_file(
+        {f"image_{i}": torch.from_numpy(image) for i, image in enumerate(images)}, inputs_path,
+        metadata={"texts": json.dumps(PIPELINE_TEXTS)},
+    )  # fmt: skip
+    child = tmp_path / "child"
+    child.mkdir()
+    names = ("fashionbert", "fashionbert_retrieval")
+    hub = None
+    if source == "folder":
+        sources = [str(saved["root"] / name) for name in names]
+    else:  # pushed to the local Hub-compatible endpoint, the pipeline built from the repo id
+        hub = request.getfixturevalue("local_hub")
+        sources = [f"xmodal-tester/pipeline-{name.replace('_', '-')}" for name in names]
+        for name, repo_id in zip(names, sources):
+            push_folder_to_hub(saved["root"] / name, repo_id, token=hub.token)
+    report = run_child(CHILD_PIPELINE, isolated_site, "pipeline", child, str(inputs_path), *sources, hub=hub)
+    if hub is not None:
+        for repo_id in sources:  # the pipeline's code came from the repository
+            assert any(
+                path.startswith(f"/{repo_id}/resolve/") and path.endswith("/pipeline_fashionbert.py")
+                for _, path, _ in hub.requests
+            ), repo_id
+
+    assert_isolated(report, isolated_site)
+    assert report["xmodal_modules"] == []
+    modules_cache = Path(report["hf_modules_cache"]).resolve()
+    expected = _expected_scores(saved, images)
+    for source_name, name in zip(sources, names):
+        result = report["results"][source_name]
+        for key, class_name in (
+            ("pipeline", "FashionRetrievalPipeline"), ("processor", "FashionBertProcessor"),
+            ("model", "FashionBertForPreTraining" if name == "fashionbert" else "FashionBertForImageTextRetrieval"),
+        ):  # fmt: skip
+            loaded = result[key]
+            assert loaded["name"] == class_name and loaded["module"].startswith("transformers_modules."), loaded
+            assert Path(loaded["file"]).resolve().is_relative_to(modules_cache), loaded
+        assert result["images_returned"] is True
+        # text -> images: every image, best first, the model's own scores
+        for t, ranking in enumerate(result["text_to_image"]):
+            order = torch.sort(expected[t], descending=True, stable=True).indices.tolist()
+            assert [r["index"] for r in ranking] == order, (name, t)
+            assert [r["score"] for r in ranking] == pytest.approx(expected[t, order].tolist(), abs=1e-5)
+        # image -> texts: the best two texts
+        for i, ranking in enumerate(result["image_to_text"]):
+            order = torch.sort(expected[:, i], descending=True, stable=True).indices.tolist()[:2]
+            assert [r["index"] for r in ranking] == order, (name, i)
+            assert [r["text"] for r in ranking] == [PIPELINE_TEXTS[k] for k in order]
+            assert [r["score"] for r in ranking] == pytest.approx(expected[order, i].tolist(), abs=1e-5)

@@ -1,5 +1,6 @@
 """xmodal.retrieval on tiny saved checkpoints: exact top-k against brute force, caching, two-stage ranking, errors."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -7,9 +8,15 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from transformers import AutoProcessor
 
-from xmodal import MapIvrConfig, MapIvrModel
+from xmodal import FashionBertConfig, FashionBertForImageTextRetrieval, MapIvrConfig, MapIvrModel
+from xmodal.indexing import EmbeddingIndex, faiss_available
 from xmodal.retrieval import ActivityRetriever, FashionRetriever
+
+
+FAISS_MISSING = "faiss is not installed (`pip install faiss-cpu`, part of the `test` extra): faiss backend not tested"
 
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
@@ -226,3 +233,206 @@ def test_activity_errors_name_the_problem():
         retriever.rank_videos(query, videos, num_samples=0)
     with pytest.raises(ValueError, match="lambda_v"):
         retriever.rank_videos(query, videos, lambda_v=1.5)
+
+
+# ------------------------------------------------------------------------------- indexed search (dual-encoder heads)
+
+BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason=FAISS_MISSING))]
+
+
+@pytest.fixture(scope="module")
+def dual() -> FashionRetriever:
+    """The tiny golden FashionBERT with (randomly initialised) dual-encoder heads: contrastive_projection_dim=8."""
+    config = FashionBertConfig.from_pretrained(FASHIONBERT, contrastive_projection_dim=8)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = FashionBertForImageTextRetrieval.from_pretrained(FASHIONBERT, config=config)
+    return FashionRetriever(model, AutoProcessor.from_pretrained(FASHIONBERT), rerank_top_n=None, batch_size=4)
+
+
+def test_rank_images_pre_ranks_with_the_trained_embeddings_when_the_model_has_heads(dual):
+    images = random_images(7, seed=2)
+    two_stage = FashionRetriever(dual.model, dual.processor, rerank_top_n=3).rank_images(TEXTS[3], images, top_k=2)
+    assert two_stage.num_reranked == 3
+    bert = dual.model.bert
+    with torch.no_grad():
+        encoded = dual.processor(text=[TEXTS[3]], return_tensors="pt")
+        text = bert.get_text_embeddings(encoded["input_ids"], encoded["attention_mask"], encoded.get("token_type_ids"))
+        pixels = dual.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        prescores = bert.get_image_embeddings(pixel_values=pixels) @ text[0]
+    candidates = set(torch.sort(prescores, descending=True, stable=True).indices[:3].tolist())
+    full = brute_force_scores(dual, [TEXTS[3]], images)[0]
+    assert two_stage.indices.tolist() == sorted(candidates, key=lambda i: (-full[i].item(), i))[:2]
+    torch.testing.assert_close(two_stage.scores, full[two_stage.indices], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_images_equals_exhaustive_ranking_when_first_stage_covers_the_gallery(dual, backend):
+    images = random_images(9, seed=4)
+    index = dual.build_index(images, backend=backend)
+    assert (len(index), index.dim, index.backend) == (9, 8, backend)
+    for text in TEXTS[:3]:
+        exhaustive = dual.rank_images(text, images, top_k=5)
+        searched = dual.search_images(text, top_k=5, first_stage_k=9)
+        assert searched.num_reranked == 9
+        assert searched.indices.tolist() == exhaustive.indices.tolist()
+        torch.testing.assert_close(searched.scores, exhaustive.scores, rtol=1e-5, atol=1e-5)
+    # A smaller first stage re-ranks the embedding's nearest only.
+    partial = dual.search_images(TEXTS[0], top_k=2, first_stage_k=4)
+    assert partial.num_reranked == 4 and partial.indices.numel() == 2
+
+
+def test_search_images_returns_ids_and_the_index_round_trips(dual, tmp_path):
+    images = random_images(6, seed=6)
+    paths = []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    ids = np.array([50, 10, 40, 20, 60, 30])
+    dual.build_index(paths, ids=ids)
+    before = dual.search_images(TEXTS[1], top_k=6, first_stage_k=6)
+    exhaustive = dual.rank_images(TEXTS[1], images, top_k=6)
+    assert before.indices.tolist() == ids[exhaustive.indices.numpy()].tolist()
+    dual.save_index(tmp_path / "index")
+    assert not any(p.suffix in (".pkl", ".bin", ".pt") for p in (tmp_path / "index").iterdir())
+    other = FashionRetriever(dual.model, dual.processor, batch_size=4)
+    other.load_index(tmp_path / "index")  # the gallery's paths come from gallery.json
+    after = other.search_images(TEXTS[1], top_k=6, first_stage_k=6)
+    assert after.indices.tolist() == before.indices.tolist()
+    torch.testing.assert_close(after.scores, before.scores, rtol=1e-5, atol=1e-5)
+    # An in-memory gallery needs its images again.
+    dual.build_index(images)
+    dual.save_index(tmp_path / "memory")
+    with pytest.raises(ValueError, match="pass `images=`"):
+        other.load_index(tmp_path / "memory")
+    with pytest.raises(ValueError, match="has 6 images; got a gallery of 2"):
+        other.load_index(tmp_path / "memory", images=images[:2])
+    other.load_index(tmp_path / "memory", images=images)
+    assert other.search_images(TEXTS[2], top_k=3, first_stage_k=6).indices.tolist() == (
+        dual.rank_images(TEXTS[2], images, top_k=3).indices.tolist()
+    )
+
+
+def test_search_texts_equals_exhaustive_ranking_when_first_stage_covers_the_captions(dual, tmp_path):
+    image = random_images(1, seed=8)[0]
+    dual.build_text_index(TEXTS)
+    exhaustive = dual.rank_texts(image, TEXTS, top_k=4)
+    searched = dual.search_texts(image, top_k=4, first_stage_k=len(TEXTS))
+    assert searched.indices.tolist() == exhaustive.indices.tolist()
+    torch.testing.assert_close(searched.scores, exhaustive.scores, rtol=1e-5, atol=1e-5)
+    dual.save_text_index(tmp_path / "texts")
+    other = FashionRetriever(dual.model, dual.processor, batch_size=4)
+    other.load_text_index(tmp_path / "texts")
+    assert other.search_texts(image, top_k=4, first_stage_k=6).indices.tolist() == exhaustive.indices.tolist()
+
+
+def test_indexed_search_errors(dual, fashion, tmp_path):
+    images = random_images(3)
+    for call in (
+        lambda: fashion.build_index(images),
+        lambda: fashion.search_images("dress"),
+        lambda: fashion.build_text_index(TEXTS),
+        lambda: fashion.load_index(tmp_path),
+    ):
+        with pytest.raises(ValueError, match="--contrastive_projection_dim"):
+            call()
+    fresh = FashionRetriever(dual.model, dual.processor, batch_size=4)
+    with pytest.raises(ValueError, match="call build_index"):
+        fresh.search_images("dress")
+    with pytest.raises(ValueError, match="call build_text_index"):
+        fresh.search_texts(images[0])
+    with pytest.raises(ValueError, match="call build_index"):
+        fresh.save_index(tmp_path / "nothing")
+    fresh.build_index(images)
+    with pytest.raises(ValueError, match="first_stage_k"):
+        fresh.search_images("dress", first_stage_k=0)
+    with pytest.raises(ValueError, match="top_k"):
+        fresh.search_images("dress", top_k=0)
+    with pytest.raises(FileNotFoundError, match="no index.json"):
+        fresh.load_index(tmp_path, images=images)
+    EmbeddingIndex.build(np.eye(4, dtype=np.float32), backend="torch").save(tmp_path / "other_dim")
+    with pytest.raises(ValueError, match="4-d vectors; this model's embeddings are 8-d"):
+        fresh.load_index(tmp_path / "other_dim", images=images[:1] * 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_videos_equals_rank_videos_when_first_stage_covers_the_gallery(backend):
+    retriever = ActivityRetriever.from_pretrained(MAP_IVR, seed=3)
+    _, videos = activity_features(num_videos=12)
+    index = retriever.build_index(videos, backend=backend)
+    assert (len(index), index.dim, index.backend) == (12, retriever.model.config.appearance_dim, backend)
+    for seed in range(3):
+        query, _ = activity_features(seed=seed + 10)
+        exhaustive = retriever.rank_videos(query, videos, top_k=5, lambda_v=0.4, num_samples=6)
+        searched = retriever.search_videos(query, top_k=5, first_stage_k=12, lambda_v=0.4, num_samples=6)
+        assert searched.indices.tolist() == exhaustive.indices.tolist()
+        for field in ("scores", "s_a", "s_v", "s_all"):
+            torch.testing.assert_close(getattr(searched, field), getattr(exhaustive, field), rtol=1e-6, atol=1e-6)
+        assert (searched.lambda_v, searched.num_samples) == (0.4, 6)
+
+
+def test_search_videos_recall_and_s_a_first_stage():
+    retriever = ActivityRetriever.from_pretrained(MAP_IVR)
+    _, videos = activity_features(seed=1, num_videos=40)
+    retriever.build_index(videos, backend="torch")
+    recalls = []
+    for seed in range(5):
+        query, _ = activity_features(seed=seed + 20)
+        # lambda_v = 0 ranks by S_A alone, which the index ranks exactly: any first stage >= top_k is exact.
+        by_appearance = retriever.rank_videos(query, videos, top_k=5, lambda_v=0.0)
+        assert retriever.search_videos(query, top_k=5, first_stage_k=5, lambda_v=0.0).indices.tolist() == (
+            by_appearance.indices.tolist()
+        )
+        exhaustive = set(retriever.rank_videos(query, videos, top_k=5, lambda_v=0.5).indices.tolist())
+        searched = retriever.search_videos(query, top_k=5, first_stage_k=20, lambda_v=0.5)
+        assert searched.indices.numel() == 5
+        recalls.append(len(exhaustive & set(searched.indices.tolist())) / 5)
+    assert np.mean(recalls) >= 0.8, recalls  # half the gallery by S_A keeps most of the S_all top 5 (measured 0.92)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_video_index_float16_round_trip(tmp_path, backend):
+    retriever = ActivityRetriever.from_pretrained(MAP_IVR, seed=5)
+    query, videos = activity_features(seed=2, num_videos=10)
+    ids = np.arange(10) + 100
+    retriever.build_index(videos, dtype="float16", ids=ids, backend=backend)
+    assert retriever.index.dtype == "float16"
+    before = retriever.search_videos(query, top_k=4, first_stage_k=10)
+    exact = retriever.rank_videos(query, videos, top_k=10)
+    torch.testing.assert_close(before.s_all, exact.s_all[: 4], rtol=0, atol=2e-3)  # fp16 codes: ~1e-3 off
+    assert set(before.indices.tolist()) <= set((exact.indices[:6] + 100).tolist())
+    retriever.save_index(tmp_path / "videos")
+    names = {p.name for p in (tmp_path / "videos").iterdir()}
+    assert {"index.json", "vectors.safetensors", "video_features.safetensors"} <= names
+    assert not any(name.endswith((".pkl", ".bin", ".pt")) for name in names)
+    with safe_open(str(tmp_path / "videos" / "video_features.safetensors"), framework="pt") as file:
+        assert file.get_tensor("video_features").dtype == torch.float16
+    other = ActivityRetriever.from_pretrained(MAP_IVR, seed=5)
+    other.load_index(tmp_path / "videos")
+    after = other.search_videos(query, top_k=4, first_stage_k=10)
+    assert after.indices.tolist() == before.indices.tolist()
+    torch.testing.assert_close(after.s_all, before.s_all, rtol=0, atol=0)
+
+
+def test_video_index_errors(tmp_path):
+    retriever = ActivityRetriever.from_pretrained(MAP_IVR)
+    query, videos = activity_features()
+    with pytest.raises(ValueError, match="call build_index"):
+        retriever.search_videos(query)
+    with pytest.raises(ValueError, match="dtype"):
+        retriever.build_index(videos, dtype="int8")
+    retriever.build_index(videos)
+    with pytest.raises(ValueError, match="first_stage_k"):
+        retriever.search_videos(query, first_stage_k=0)
+    with pytest.raises(ValueError, match="one query"):
+        retriever.search_videos(np.stack([query, query]))
+    with pytest.raises(ValueError, match="lambda_v"):
+        retriever.search_videos(query, lambda_v=-0.1)
+    retriever.save_index(tmp_path / "videos")
+    (tmp_path / "videos" / "video_features.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no video_features.safetensors"):
+        retriever.load_index(tmp_path / "videos")
+    EmbeddingIndex.build(np.eye(3, dtype=np.float32), backend="torch").save(tmp_path / "other")
+    with pytest.raises(ValueError, match="3-d codes"):
+        retriever.load_index(tmp_path / "other")

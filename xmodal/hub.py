@@ -14,12 +14,15 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import custom_object_save
 
+from .fashionbert.pipeline_fashionbert import TASK as FASHION_RETRIEVAL_TASK
+from .fashionbert.pipeline_fashionbert import FashionRetrievalPipeline
 from .files import atomic_directory
 
 __all__ = [
     "AUTO_MAPS",
     "build_model_card",
     "create_hub_repo",
+    "custom_pipelines",
     "push_folder_to_hub",
     "register_for_remote_code",
     "save_model_folder",
@@ -52,6 +55,9 @@ _MODEL_AUTO_CLASS = {
     "MapIvrModel": "AutoModel",
 }
 _BASE_AUTO_CLASSES = ("AutoConfig", "AutoModel")
+# The custom transformers pipeline a model type's folders carry (its file is copied next to the model's code), so that
+# `pipeline(task, model=folder_or_repo, trust_remote_code=True)` works without xmodal.
+_PIPELINES = {"fashionbert": (FASHION_RETRIEVAL_TASK, FashionRetrievalPipeline)}
 _PROCESSOR_AUTO_CLASS = {
     "FashionBertProcessor": "AutoProcessor",
     "FashionBertImageProcessor": "AutoImageProcessor",
@@ -65,6 +71,7 @@ def register_for_remote_code(model, processor=None) -> None:
 
     A model without an Auto class of its own (`FashionBertForImageTextRetrieval`) is not registered: its folder's
     `auto_map` lists only `AutoConfig` and `AutoModel` (the base encoder), and `save_model_folder` copies its code.
+    A FashionBERT config also gets `custom_pipelines` (the `fashion-retrieval` pipeline, see `custom_pipelines`).
     """
     model_type = model.config.model_type
     if model_type not in AUTO_MAPS or type(model).__name__ not in _MODEL_AUTO_CLASS:
@@ -76,11 +83,36 @@ def register_for_remote_code(model, processor=None) -> None:
     else:
         type(model).register_for_auto_class(auto_class)
         model.config.auto_map = dict(AUTO_MAPS[model_type])
+    pipelines = custom_pipelines(model)
+    if pipelines:
+        model.config.custom_pipelines = pipelines
     if processor is not None:
         type(processor).register_for_auto_class(_PROCESSOR_AUTO_CLASS[type(processor).__name__])
         image_processor = getattr(processor, "image_processor", None)
         if image_processor is not None:
             type(image_processor).register_for_auto_class(_PROCESSOR_AUTO_CLASS[type(image_processor).__name__])
+
+
+def custom_pipelines(model) -> dict[str, dict]:
+    """
+    The `custom_pipelines` config entry of `model`'s folder (`{}` for a model type without a pipeline), written as
+    transformers' `Pipeline.save_pretrained` writes it for a pipeline registered with
+    `PIPELINE_REGISTRY.register_pipeline(task, pipeline_class, pt_model=...)`: `{task: {"impl":
+    "<module>.<class>", "pt": [<transformers Auto class names>], "type": ...}}`.
+
+    `pt` names the Auto class `pipeline()` loads the weights with (`getattr(transformers, name)`, remote code from the
+    folder's `auto_map`): `AutoModelForPreTraining` for a `FashionBertForPreTraining` folder (train.py's, with the
+    alignment head the ranking needs); `AutoModel` for a `FashionBertForImageTextRetrieval` folder, whose `auto_map`
+    has no Auto class for the retrieval model, and whose encoder the pipeline reloads as the full class from the
+    folder's own modeling file (`architectures` names it).
+    """
+    model_type = model.config.model_type
+    if model_type not in _PIPELINES:
+        return {}
+    task, pipeline_class = _PIPELINES[model_type]
+    auto_class = _MODEL_AUTO_CLASS.get(type(model).__name__) or "AutoModel"
+    impl = f"{pipeline_class.__module__.split('.')[-1]}.{pipeline_class.__name__}"
+    return {task: {"impl": impl, "pt": [auto_class], "type": "multimodal"}}
 
 
 def save_model_folder(
@@ -94,8 +126,9 @@ def save_model_folder(
     """
     Writes a complete Hub-ready folder, atomically (a crash never leaves a half-written `output_dir`).
 
-    Contents: `model.safetensors` (sharded when large) and `config.json` with its `auto_map`, the model folder's
-    code files, the processor / feature extractor (and tokenizer) files, `eval_results.json` when given,
+    Contents: `model.safetensors` (sharded when large) and `config.json` with its `auto_map` (and, for FashionBERT,
+    `custom_pipelines`: see `custom_pipelines`), the model folder's code files (FashionBERT's with
+    `pipeline_fashionbert.py`), the processor / feature extractor (and tokenizer) files, `eval_results.json` when given,
     `README.md` (the model card) when given, and `figures` (file name in the folder -> source file, e.g. the PNGs
     the card shows).
     """
@@ -105,6 +138,9 @@ def save_model_folder(
         if _MODEL_AUTO_CLASS[type(model).__name__] is None:
             # save_pretrained copies only registered classes' code: add the model's file (and its siblings).
             custom_object_save(model, folder)
+        if model.config.model_type in _PIPELINES:
+            # The pipeline's file (it imports only transformers and torch), next to the model's code.
+            custom_object_save(_PIPELINES[model.config.model_type][1], folder)
         if processor is not None:
             processor.save_pretrained(folder)
         if eval_results is not None:

@@ -13,6 +13,7 @@ from .modeling_fashionbert import (
     loss_softmax_task_weights,
     masked_patch_kl,
 )
+from .pipeline_fashionbert import FashionRetrievalPipeline
 from .processing_fashionbert import FashionBertProcessor
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "FashionBertModel",
     "FashionBertPreTrainedModel",
     "FashionBertProcessor",
+    "FashionRetrievalPipeline",
     "gradient_task_weights",
     "loss_softmax_task_weights",
     "masked_patch_kl",
