@@ -25,20 +25,17 @@ import torch
 
 from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
 from xmodal.data.fashion_synthetic import make_fashion_dataset
+from xmodal.evaluation.ranking import rank_of_ground_truth, recall_at_k
 from xmodal.indexing import EmbeddingIndex, faiss_available
 from xmodal.retrieval import FashionRetriever
 
 RANKS = (1, 10, 100)
 
 
-def ground_truth_ranks(scores: np.ndarray) -> np.ndarray:
-    """Rank (0 = first) of item i for query i in each row of a (Q, N) similarity matrix whose truth is the diagonal."""
-    truth = scores[np.arange(len(scores)), np.arange(len(scores))][:, None]
-    return (scores > truth).sum(axis=1)
-
-
-def recall_at(ranks: np.ndarray, ks=RANKS) -> dict[str, float]:
-    return {f"R@{k}": float(100.0 * (ranks < k).mean()) for k in ks}
+def first_stage_recall(similarity: np.ndarray) -> dict[str, float]:
+    """Rank@K of item i for query i in a (Q, N) similarity matrix whose ground truth is the diagonal."""
+    ranks = rank_of_ground_truth(similarity, ground_truth=np.arange(len(similarity)))
+    return {f"R@{k}": value for k, value in recall_at_k(ranks, RANKS).items()}
 
 
 @torch.no_grad()
@@ -54,7 +51,7 @@ def first_stage_table(retriever: FashionRetriever, images: list, texts: list[str
     """(a): the dual encoder alone over the whole catalogue, both directions."""
     _, image_vectors = retriever.encode_images(images)  # unit image embeddings (the retriever's first-stage vectors)
     similarity = (text_embeddings(retriever, texts) @ image_vectors.T).numpy()
-    return {"text_to_image": recall_at(ground_truth_ranks(similarity)), "image_to_text": recall_at(ground_truth_ranks(similarity.T)),
+    return {"text_to_image": first_stage_recall(similarity), "image_to_text": first_stage_recall(similarity.T),
             "num_products": len(images)}
 
 

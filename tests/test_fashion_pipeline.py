@@ -11,13 +11,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import BertTokenizer, pipeline
+from transformers import pipeline
 
 from xmodal import (
-    FashionBertConfig,
     FashionBertForImageTextRetrieval,
     FashionBertForPreTraining,
-    FashionBertImageProcessor,
     FashionBertModel,
     FashionBertProcessor,
     MapIvrConfig,
@@ -27,8 +25,8 @@ from xmodal import (
 from xmodal.fashionbert import FashionRetrievalPipeline
 from xmodal.hub import build_model_card, custom_pipelines, save_model_folder
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "black", "silk", "wool", "dress", "coat", "sleeve"]
-VOCAB += ["##less", ","]
+from tiny_fashionbert import save_tiny_fashionbert_folders
+
 TEXTS = ["red silk sleeveless dress", "black wool coat", "red coat, silk sleeve", "wool"]
 TASK = "fashion-retrieval"
 
@@ -36,21 +34,8 @@ TASK = "fashion-retrieval"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("pipeline")
-    (root / "vocab").mkdir()
-    (root / "vocab" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    processor = FashionBertProcessor(
-        FashionBertImageProcessor(image_size=16, patch_grid=4), BertTokenizer.from_pretrained(root / "vocab"),
-        max_text_length=16,
-    )  # fmt: skip
-    config = FashionBertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=16, image_size=16, patch_grid=4, patch_encoder_type="pixels", initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    pretraining = FashionBertForPreTraining(config).eval()
-    save_model_folder(root / "fashionbert", pretraining, processor)
-    retrieval = FashionBertForImageTextRetrieval.from_pretrained(root / "fashionbert").eval()
-    save_model_folder(root / "fashionbert_retrieval", retrieval, processor)
+    fashionbert = save_tiny_fashionbert_folders(root)
+    processor, pretraining, retrieval = fashionbert["processor"], fashionbert["pretraining"], fashionbert["retrieval"]
     rng = np.random.default_rng(3)
     images = [PIL.Image.fromarray(rng.integers(0, 256, size=(16 + 2 * i, 16, 3), dtype=np.uint8)) for i in range(5)]
     return {"root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval, "images": images}

@@ -29,7 +29,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, BertTokenizer
+from transformers import AutoModel
 
 from xmodal import (
     FashionBertConfig,
@@ -46,10 +46,9 @@ from xmodal.hub import AUTO_MAPS, push_folder_to_hub, save_model_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import local_hub  # noqa: E402, F401  (a fixture)
+from tiny_fashionbert import save_tiny_fashionbert_folders  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "black", "silk", "wool", "dress", "coat", "sleeve"]
-VOCAB += ["##less", ","]
 TEXTS = ["red silk sleeveless dress", "black wool coat, zebra"]
 SCORE_SEED = 7
 CHILD_TIMEOUT = 300
@@ -290,21 +289,8 @@ def test_xmodal_cannot_be_imported_in_the_isolated_interpreter(isolated_site, tm
 def saved(tmp_path_factory) -> dict:
     """Tiny FashionBERT (pretraining folder, and a retrieval folder from the same weights) and MAP-IVR folders."""
     root = tmp_path_factory.mktemp("saved")
-    (root / "vocab").mkdir()
-    (root / "vocab" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    processor = FashionBertProcessor(
-        FashionBertImageProcessor(image_size=16, patch_grid=4), BertTokenizer.from_pretrained(root / "vocab"),
-        max_text_length=16,
-    )  # fmt: skip
-    config = FashionBertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=16, image_size=16, patch_grid=4, patch_encoder_type="pixels", initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    pretraining = FashionBertForPreTraining(config).eval()
-    save_model_folder(root / "fashionbert", pretraining, processor)
-    retrieval = FashionBertForImageTextRetrieval.from_pretrained(root / "fashionbert").eval()
-    save_model_folder(root / "fashionbert_retrieval", retrieval, processor)
+    fashionbert = save_tiny_fashionbert_folders(root)
+    processor, pretraining, retrieval = fashionbert["processor"], fashionbert["pretraining"], fashionbert["retrieval"]
 
     map_ivr_config = MapIvrConfig(
         image_feature_dim=6, video_feature_dim=8, appearance_dim=4, motion_dim=4, latent_dim=3,
