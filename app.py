@@ -5,17 +5,22 @@ Retrieval you can see: a local Gradio demo over trained FashionBERT and MAP-IVR 
     python train.py               # writes outputs/fashionbert/final
     python app.py                 # http://127.0.0.1:7860
 
-Tabs: "Text -> images" (type a description, get the top-k products, each shown by its best-scoring view, with the
-score), "Image -> captions"
-(pick a gallery image or upload one, get the top-k captions), "Image -> videos" (MAP-IVR: pick a query image, get
-the top-k videos as animated previews with S_A / S_V / S_all, lambda_v and h adjustable). The galleries are the test
-splits of the synthetic test beds built with train.py's default sizes (smaller with the flags below). Everything runs
-offline; a bad checkpoint path or image is reported as a message, not a traceback.
+Tabs: "Text -> images" (type a description, get the top-k products of a 10,000-product catalogue, each shown by its
+best-scoring view, with the score), "Image -> captions" (pick a catalogue image or upload one, get the top-k
+captions), "Image -> videos" (MAP-IVR: pick a query image, get the top-k videos as animated previews with S_A / S_V /
+S_all, lambda_v and h adjustable).
+
+FashionBERT searches the catalogue in two stages: its dual-encoder embeddings find the `--rerank_top_n` nearest in an
+index, the cross-encoder re-ranks them. The catalogue (synthetic products train.py never saw) is rendered once under
+`--catalogue_dir`; each checkpoint's image and caption indexes are built once and saved beside it, then loaded at
+start-up. The video gallery is the test split of train.py's synthetic activity test bed. Everything runs offline; a
+bad checkpoint path or image is reported as a message, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from collections import Counter
@@ -30,28 +35,31 @@ from xmodal.training import DEFAULT_SEED  # noqa: E402
 from xmodal.training import fashionbert as fashionbert_training  # noqa: E402
 from xmodal.training import map_ivr as map_ivr_training  # noqa: E402
 
-# train.py's defaults for the synthetic test beds (its --synthetic_* flags, --seed, and the quick recipe's image size),
-# from the training modules train.py reads them from.
+# train.py's defaults (the quick recipe's image size, the activity test bed's --synthetic_videos_per_class and
+# --seed), from the training modules train.py reads them from.
 TRAIN_DEFAULTS = {
-    "synthetic_num_products": fashionbert_training.SYNTHETIC_NUM_PRODUCTS,
-    "synthetic_views_per_product": fashionbert_training.SYNTHETIC_VIEWS_PER_PRODUCT,
     "image_size": fashionbert_training.QUICK_RECIPE.image_size,
     "synthetic_videos_per_class": map_ivr_training.SYNTHETIC_VIDEOS_PER_CLASS,
     "seed": DEFAULT_SEED,
 }
+CATALOGUE_PRODUCTS = 10_000
+CATALOGUE_SEED = 7  # not train.py's seed: products the model never saw
+CATALOGUE_FILE = "catalogue.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fashionbert_model", default="outputs/fashionbert/final", help="FashionBERT folder or Hub repo id (what `python train.py` writes). Can be changed in the page.")
     parser.add_argument("--map_ivr_model", default="outputs/map_ivr/final", help="MAP-IVR folder or Hub repo id (what `python train.py --model_type map_ivr` writes). Can be changed in the page.")
-    parser.add_argument("--num_products", type=int, default=TRAIN_DEFAULTS["synthetic_num_products"], help="Synthetic fashion products (train.py's default; the gallery is the 10%% test split).")
-    parser.add_argument("--views_per_product", type=int, default=TRAIN_DEFAULTS["synthetic_views_per_product"], help="Synthetic fashion views per product.")
-    parser.add_argument("--image_size", type=int, default=TRAIN_DEFAULTS["image_size"], help="Side of the synthetic fashion images.")
+    parser.add_argument("--num_products", type=int, default=CATALOGUE_PRODUCTS, help="Products in the synthetic fashion catalogue.")
+    parser.add_argument("--views_per_product", type=int, default=1, help="Images per catalogue product (the results show each product once).")
+    parser.add_argument("--image_size", type=int, default=TRAIN_DEFAULTS["image_size"], help="Side of the catalogue images (train.py's quick recipe).")
+    parser.add_argument("--catalogue_seed", type=int, default=CATALOGUE_SEED, help="Seed of the catalogue (not train.py's: unseen products).")
+    parser.add_argument("--catalogue_dir", default="outputs/fashionbert/catalogue", help="Where the catalogue is rendered and each checkpoint's indexes are saved (reused by later start-ups).")
     parser.add_argument("--videos_per_class", type=int, default=TRAIN_DEFAULTS["synthetic_videos_per_class"], help="Synthetic activity videos per class (the gallery is the test split).")
-    parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"], help="Seed of the synthetic test beds (train.py's default, so the galleries are its test splits).")
-    parser.add_argument("--rerank_top_n", type=int, default=100, help="FashionBERT: larger galleries are pre-ranked cheaply and only this many go through the cross-encoder.")
-    parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and building their gallery).")
+    parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"], help="Seed of the synthetic activity test bed (train.py's default, so the gallery is its test split).")
+    parser.add_argument("--rerank_top_n", type=int, default=100, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query (about 45 ms each on one CPU thread).")
+    parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and rendering and indexing their catalogue).")
     parser.add_argument("--no_activity", action="store_true", help="Skip the MAP-IVR tab (and building its gallery).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on.")
     parser.add_argument("--port", type=int, default=7860, help="Port to serve on.")
@@ -64,32 +72,95 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class FashionGallery:
-    """The synthetic fashion test split: images, their captions, and the caption list (one per product)."""
+class FashionCatalogue:
+    """
+    A synthetic product catalogue on disk, the demo's searchable gallery: one PNG per product view under `images/`
+    and `catalogue.json` (captions, product ids, the generator's settings, file sizes), in a folder named by those
+    settings. Rendered once, then reopened; the indexes of each checkpoint live beside it (`index_folder`).
+    """
 
-    images: list[Any]
+    folder: Path
+    paths: list[str]
     captions: list[str]
     product_ids: list[str]
     unique_captions: list[str] = field(default_factory=list)
 
     @classmethod
-    def synthetic(cls, num_products: int, views_per_product: int, image_size: int, seed: int) -> FashionGallery:
+    def open_or_render(
+        cls, root: str | os.PathLike, num_products: int, views_per_product: int, image_size: int, seed: int
+    ) -> FashionCatalogue:
+        """The catalogue with these settings under `root`, rendered (with a progress bar) when absent or damaged."""
+        from xmodal.files import atomic_directory, manifest_problem, read_manifest, write_manifest
+
+        if num_products < 1 or views_per_product < 1 or image_size < 32:
+            raise ValueError(
+                f"--num_products {num_products}, --views_per_product {views_per_product}, --image_size {image_size}: "
+                "need at least one product and view, and images of at least 32 px."
+            )
+        settings = {"num_products": num_products, "views_per_product": views_per_product, "image_size": image_size, "seed": seed}
+        folder = Path(root).resolve() / f"products{num_products}-views{views_per_product}-px{image_size}-seed{seed}"
+        manifest, _ = read_manifest(folder, CATALOGUE_FILE)
+        if manifest is None or manifest.get("settings") != settings or manifest_problem(folder, manifest):
+            print(f"Rendering the synthetic catalogue ({num_products:,} products, {views_per_product} view(s) each) "
+                  f"into {folder} (once)...", flush=True)  # fmt: skip
+            with atomic_directory(folder) as temporary:
+                rows = cls._render(temporary, settings)
+                write_manifest(temporary, CATALOGUE_FILE, settings=settings, rows=rows)
+            manifest, _ = read_manifest(folder, CATALOGUE_FILE)
+        rows = manifest["rows"]
+        paths = [str(folder / "images" / name) for name in rows["files"]]
+        return cls(folder, paths, rows["captions"], rows["product_ids"], list(dict.fromkeys(rows["captions"])))
+
+    @staticmethod
+    def _render(folder: Path, settings: dict) -> dict[str, list[str]]:
+        """Writes `folder/images/*.png`; returns the rows' file names, captions and product ids."""
+        import datasets
+
         from xmodal.data.fashion_synthetic import make_fashion_dataset
 
-        test = make_fashion_dataset(num_products, views_per_product, image_size, seed=seed, show_progress=False)["test"]
-        if len(test) == 0:
-            raise ValueError(
-                f"--num_products {num_products} leaves the test split empty (10% of each of the 11 sub-categories, "
-                "rounded): use at least 55."
-            )
-        images = [image.convert("RGB") for image in test["image"]]
-        captions, product_ids = list(test["text"]), list(test["product_id"])
-        return cls(images, captions, product_ids, list(dict.fromkeys(captions)))
+        rows = make_fashion_dataset(
+            settings["num_products"], settings["views_per_product"], settings["image_size"], seed=settings["seed"],
+            split_fractions={"train": 1.0}, show_progress=True,
+        )["train"]  # fmt: skip
+        images = rows.cast_column("image", datasets.Image(decode=False))["image"]  # the PNG bytes, not decoded
+        (folder / "images").mkdir()
+        files = []
+        for position, image in enumerate(images):
+            files.append(f"{position:07d}.png")
+            (folder / "images" / files[-1]).write_bytes(image["bytes"])
+        return {"files": files, "captions": list(rows["text"]), "product_ids": list(rows["product_id"])}
 
     @property
     def max_views(self) -> int:
-        """The most images any one product has in the gallery."""
+        """The most images any one product has in the catalogue."""
         return max(Counter(self.product_ids).values(), default=1)
+
+    def index_folder(self, retriever: Any) -> Path:
+        """Where the indexes of `retriever`'s model live (named by its weights' fingerprint)."""
+        return self.folder / f"index-{retriever.model_fingerprint.split(':')[-1][:16]}"
+
+    def open_indexes(self, retriever: Any) -> None:
+        """
+        Give `retriever` (a `FashionRetriever` with dual-encoder heads) its image and caption indexes over this
+        catalogue: loaded from `index_folder`, or built (with progress bars) and saved there the first time.
+        """
+        from xmodal.files import atomic_directory
+
+        folder = self.index_folder(retriever)
+        if (folder / "images").is_dir() and (folder / "captions").is_dir():
+            retriever.load_index(folder / "images")
+            retriever.load_text_index(folder / "captions")
+            return
+        if retriever.has_dual_encoder:  # else build_index raises at once, saying how to train the heads
+            print(f"Indexing {len(self.paths):,} catalogue images and {len(self.unique_captions):,} captions (once; "
+                  f"saved in {folder})...", flush=True)  # fmt: skip
+        retriever.build_index(self.paths, show_progress=True)
+        retriever.build_text_index(self.unique_captions, show_progress=True)
+        with atomic_directory(folder) as temporary:
+            retriever.save_index(temporary / "images")
+            retriever.save_text_index(temporary / "captions")
+        retriever.load_index(folder / "images")  # the saved gallery.json's paths, as a later start-up sees them
+        retriever.load_text_index(folder / "captions")
 
 
 def best_view_per_product(
@@ -160,10 +231,14 @@ class ActivityGallery:
 
 
 class ModelCache:
-    """Retrievers by (kind, path), loaded on first use; a failed load raises a message for the page."""
+    """
+    Retrievers by (kind, path), loaded on first use (a FashionBERT one with its catalogue indexes, see
+    `FashionCatalogue.open_indexes`); a failed load raises a message for the page.
+    """
 
-    def __init__(self, rerank_top_n: int):
+    def __init__(self, rerank_top_n: int, catalogue: FashionCatalogue | None = None):
         self.rerank_top_n = rerank_top_n
+        self.catalogue = catalogue
         self._loaded: dict[tuple[str, str], Any] = {}
 
     def get(self, kind: str, path: str):
@@ -175,7 +250,11 @@ class ModelCache:
         key = (kind, path)
         if key not in self._loaded:
             if kind == "fashionbert":
-                self._loaded[key] = FashionRetriever.from_pretrained(path, rerank_top_n=self.rerank_top_n)
+                # A small feature cache: the index holds the catalogue; only re-ranked candidates need patch features.
+                retriever = FashionRetriever.from_pretrained(path, rerank_top_n=self.rerank_top_n, cache_size=4 * self.rerank_top_n)
+                if self.catalogue is not None:
+                    self.catalogue.open_indexes(retriever)
+                self._loaded[key] = retriever
             else:
                 self._loaded[key] = ActivityRetriever.from_pretrained(path)
         return self._loaded[key]
@@ -194,18 +273,22 @@ def _message(error: Exception) -> str:
 
 
 def build_demo(
-    fashion: FashionGallery | None,
+    fashion: FashionCatalogue | None,
     activity: ActivityGallery | None,
     fashionbert_model: str,
     map_ivr_model: str,
     rerank_top_n: int = 100,
+    models: ModelCache | None = None,
 ):
-    """The Gradio `Blocks` app over the given galleries (either may be None: its tabs then say so)."""
+    """
+    The Gradio `Blocks` app over the given catalogue and video gallery (either may be None: its tabs then say so).
+    `models` (default: a new `ModelCache` over `fashion`) lets the caller load the default checkpoints beforehand.
+    """
     import gradio as gr
     import numpy as np
     import PIL.Image
 
-    models = ModelCache(rerank_top_n)
+    models = models if models is not None else ModelCache(rerank_top_n, fashion)
 
     def retriever(kind: str, path: str):
         try:
@@ -213,32 +296,38 @@ def build_demo(
         except Exception as error:  # any load failure becomes a message on the page
             raise gr.Error(_message(error), print_exception=False) from None
 
+    def catalogue_image(position: int) -> PIL.Image.Image:
+        with PIL.Image.open(fashion.paths[position]) as image:
+            return image.convert("RGB")
+
     def search_images(path: str, query: str, top_k: float):
         if fashion is None:
-            raise gr.Error("the fashion gallery is off (--no_fashion).", print_exception=False)
+            raise gr.Error("the fashion catalogue is off (--no_fashion).", print_exception=False)
         if not (query or "").strip():
             gr.Warning("Type a description first.")
             return [], ""
         model = retriever("fashionbert", path)
         # One tile per product: rank enough views that the top-k products are all among them (each product has at
         # most `max_views`), then keep each product's best-scoring view.
-        views = min(len(fashion.images), int(top_k) * fashion.max_views)
-        result = model.rank_images(query, fashion.images, top_k=views)
+        views = min(len(fashion.paths), int(top_k) * fashion.max_views)
+        result = model.search_images(query, top_k=views, first_stage_k=max(rerank_top_n, views))
         hits = best_view_per_product(result.indices.tolist(), result.scores.tolist(), fashion.product_ids, int(top_k))
         items = [
-            (fashion.images[i], f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
+            (catalogue_image(i), f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
             for rank, (i, s) in enumerate(hits, start=1)
         ]
-        note = f"Cross-encoder scored {result.num_reranked} of {len(fashion.images)} images"
-        if result.num_reranked < len(fashion.images):
-            note += f" (the rest were filtered by the cheap pre-ranking; rerank_top_n={rerank_top_n})"
+        index = model.index
+        note = (
+            f"The dual-encoder index ({index.kind}, {index.backend}) over {len(index):,} catalogue images gave its "
+            f"{result.num_reranked} nearest; the cross-encoder re-ranked them"
+        )
         if fashion.max_views > 1:
             note += "; each product is shown once, by its best-scoring view"
         return items, note + "."
 
     def search_captions(path: str, upload, pick: float, top_k: float):
         if fashion is None:
-            raise gr.Error("the fashion gallery is off (--no_fashion).", print_exception=False)
+            raise gr.Error("the fashion catalogue is off (--no_fashion).", print_exception=False)
         truth = None
         if upload is not None:
             image = upload
@@ -246,13 +335,13 @@ def build_demo(
                 raise gr.Error("the uploaded file is not a readable image.", print_exception=False)
             image = image.convert("RGB")
         else:
-            index = int(pick)
-            if not 0 <= index < len(fashion.images):
-                raise gr.Error(f"pick an image between 0 and {len(fashion.images) - 1}.", print_exception=False)
-            image, truth = fashion.images[index], fashion.captions[index]
+            position = int(pick)
+            if not 0 <= position < len(fashion.paths):
+                raise gr.Error(f"pick an image between 0 and {len(fashion.paths) - 1}.", print_exception=False)
+            image, truth = catalogue_image(position), fashion.captions[position]
         model = retriever("fashionbert", path)
         try:
-            result = model.rank_texts(image, fashion.unique_captions, top_k=int(top_k))
+            result = model.search_texts(image, top_k=int(top_k), first_stage_k=max(rerank_top_n, int(top_k)))
         except ValueError as error:
             raise gr.Error(f"the image could not be used: {error}", print_exception=False) from None
         rows = [
@@ -290,10 +379,10 @@ def build_demo(
         return query, f"query class: {name[activity.labels[index]]}", items, rows
 
     with gr.Blocks(title="xmodal retrieval") as demo:
-        gr.Markdown("# xmodal retrieval\nFashionBERT text-image matching and MAP-IVR image-to-video retrieval on the synthetic test beds.")
+        gr.Markdown("# xmodal retrieval\nFashionBERT catalogue search (dual-encoder index, then cross-encoder re-ranking) and MAP-IVR image-to-video retrieval on synthetic data.")
         with gr.Tab("Text -> images"):
             if fashion is None:
-                gr.Markdown("The fashion gallery is off (`--no_fashion`).")
+                gr.Markdown("The fashion catalogue is off (`--no_fashion`).")
             fb_path = gr.Textbox(value=fashionbert_model, label="FashionBERT checkpoint (folder or Hub repo id)", elem_id="fashionbert-path")
             with gr.Row():
                 query = gr.Textbox(label="Description", placeholder="e.g. red long-sleeve dress with a round neck", elem_id="text-query", scale=4)
@@ -308,9 +397,9 @@ def build_demo(
             with gr.Row():
                 upload = gr.Image(type="pil", label="Upload an image (or leave empty and pick one below)", sources=["upload", "clipboard"])
                 shown = gr.Image(type="pil", label="Query", interactive=False)
-            size = len(fashion.images) if fashion else 1
+            size = len(fashion.paths) if fashion else 1
             with gr.Row():
-                pick = gr.Slider(0, max(size - 1, 1), value=0, step=1, label="Gallery image")
+                pick = gr.Slider(0, max(size - 1, 1), value=0, step=1, label="Catalogue image")
                 top_k2 = gr.Slider(1, 20, value=5, step=1, label="top-k")
             search2 = gr.Button("Find captions", variant="primary")
             captions = gr.Dataframe(headers=["rank", "score", "caption", "ground truth"], label="Best captions", wrap=True)
@@ -335,24 +424,46 @@ def build_demo(
     return demo
 
 
+FASHION_FLAGS = ("num_products", "views_per_product", "image_size", "catalogue_seed", "catalogue_dir", "rerank_top_n")
+ACTIVITY_FLAGS = ("videos_per_class", "seed")
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One line (argparse's error, exit 2) for a flag that would be ignored or is out of range, before any work."""
+    for off, names in (("no_fashion", FASHION_FLAGS), ("no_activity", ACTIVITY_FLAGS)):
+        given = [name for name in names if getattr(args, name) != parser.get_default(name)]
+        if getattr(args, off) and given:
+            parser.error(f"--{given[0]}: has no effect with --{off}")
+    if args.rerank_top_n < 1:
+        parser.error(f"--rerank_top_n {args.rerank_top_n}: must be at least 1")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_flags(parser, args)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SystemExit("app.py needs Gradio: pip install gradio") from None
     fashion = activity = None
     if not args.no_fashion:
-        print(f"Rendering the synthetic fashion test split ({args.num_products} products)...", flush=True)
         try:
-            fashion = FashionGallery.synthetic(args.num_products, args.views_per_product, args.image_size, args.seed)
+            fashion = FashionCatalogue.open_or_render(
+                args.catalogue_dir, args.num_products, args.views_per_product, args.image_size, args.catalogue_seed
+            )
         except ValueError as error:
             parser.error(str(error))
+    models = ModelCache(args.rerank_top_n, fashion)
+    if fashion is not None:  # index the catalogue now (or load the saved indexes), not on the first query
+        try:
+            models.get("fashionbert", args.fashionbert_model)
+        except Exception as error:  # the page says it again on use; the other tabs still work
+            print(f"app.py: FashionBERT {args.fashionbert_model!r} not ready: {_message(error)}", flush=True)
     if not args.no_activity:
         print(f"Rendering the synthetic activity test split ({args.videos_per_class} videos per class)...", flush=True)
         activity = ActivityGallery.synthetic(args.videos_per_class, args.seed)
-    demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n)
+    demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models)
     demo.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
 
 

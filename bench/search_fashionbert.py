@@ -14,11 +14,19 @@ Tables (all in bench/results/search_fashionbert.json):
   (c) final Rank@1 of two-stage search vs exhaustive cross-encoder ranking on that gallery;
   (d) first-stage latency per query on one thread (text encoding + index search), p50 / p95 over `--latency_queries`
       queries, for `--latency_sizes` indexed items (random unit vectors: the search cost does not depend on their
-      values), exact (and HNSW up to 10^5 items); and the cross-encoder's re-rank cost per candidate, stated separately.
+      values), exact, HNSW up to 10^5 items (its one-thread build grows past minutes beyond), IVF from 10^5 (nlist =
+      sqrt(N), nprobe = nlist / 8; its k-means trains on 256 vectors per list); for the approximate kinds also the
+      share of the exact top 100 they return (on random vectors, the hardest case for them); and the cross-encoder's
+      re-rank cost per candidate, stated separately.
+
+`--tables d` reruns only table (d) (likewise any subset); the other tables are kept from the existing `--output`.
 """
 
+import json
+import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -80,6 +88,17 @@ def overlap_tables(retriever: FashionRetriever, images: list, texts: list[str], 
     return table
 
 
+def latency_kinds(size: int) -> dict[str, dict]:
+    """The index kinds timed at `size` items, with their parameters."""
+    kinds = {"exact": {}}
+    if faiss_available() and size <= 100_000:
+        kinds["hnsw"] = {}
+    if faiss_available() and size >= 100_000:
+        nlist = round(math.sqrt(size))
+        kinds["ivf"] = {"nlist": nlist, "nprobe": max(1, nlist // 8)}
+    return kinds
+
+
 def latency_table(retriever: FashionRetriever, texts: list[str], sizes: list[int], num_queries: int, rerank_images: list) -> dict:
     """(d): per-query first-stage latency on one thread, and the cross-encoder's cost per re-ranked candidate."""
     torch.set_num_threads(1)
@@ -89,23 +108,30 @@ def latency_table(retriever: FashionRetriever, texts: list[str], sizes: list[int
     for size in sizes:
         vectors = generator.standard_normal((size, dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        # HNSW where its one-thread build stays within minutes; IVF's k-means over 4 sqrt(N) lists would not.
-        kinds = ["exact"] + (["hnsw"] if faiss_available() and size <= 100_000 else [])
-        for kind in kinds:
+        exact_top = None
+        for kind, params in latency_kinds(size).items():
             started = time.monotonic()
-            index = EmbeddingIndex.build(vectors, kind=kind)
+            index = EmbeddingIndex.build(vectors, kind=kind, **params)
             build_seconds = time.monotonic() - started
-            timings = []
+            timings, found = [], []
             for query in range(num_queries):
                 started = time.perf_counter()
                 embedding = text_embeddings(retriever, [texts[query % len(texts)]])
-                index.search(embedding.numpy(), 100)
+                _, ids = index.search(embedding.numpy(), 100)
                 timings.append(1000.0 * (time.perf_counter() - started))
-            table["sizes"][f"{size}/{kind}"] = {"backend": index.backend, "p50_ms": float(np.percentile(timings, 50)),
-                                                "p95_ms": float(np.percentile(timings, 95)), "build_seconds": build_seconds,
-                                                "bytes_per_item_vectors": int(vectors.itemsize * dim + 8)}
-            print(f"  {size:>9,} items, {kind:5}: p50 {table['sizes'][f'{size}/{kind}']['p50_ms']:.1f} ms, "
-                  f"p95 {table['sizes'][f'{size}/{kind}']['p95_ms']:.1f} ms", flush=True)
+                found.append(ids[0])
+            row = {"backend": index.backend, "kind": index.kind, "params": index.params,
+                   "p50_ms": float(np.percentile(timings, 50)), "p95_ms": float(np.percentile(timings, 95)),
+                   "build_seconds": build_seconds, "bytes_per_item_vectors": int(vectors.itemsize * dim + 8)}  # fmt: skip
+            if kind == "exact":
+                exact_top = found
+            else:
+                kept = [len(set(a.tolist()) & set(e.tolist())) / len(e) for a, e in zip(found, exact_top)]
+                row["recall_at_100_vs_exact"] = 100.0 * float(np.mean(kept))
+            table["sizes"][f"{size}/{kind}"] = row
+            print(f"  {size:>9,} items, {kind:5}: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms, build "
+                  f"{build_seconds:.1f} s" + (f", recall {row['recall_at_100_vs_exact']:.1f} %" if kind != "exact" else ""),
+                  flush=True)  # fmt: skip
             del index
     retriever.encode_images(rerank_images)  # patch features cached: the re-rank cost is the cross-encoder's alone
     started = time.perf_counter()
@@ -125,6 +151,8 @@ def main() -> None:
     parser.add_argument("--latency_sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="Indexed items (d).")
     parser.add_argument("--latency_queries", type=int, default=50, help="Queries timed per size (d).")
     parser.add_argument("--threads", type=int, default=2, help="Torch threads for tables a-c (d always uses one).")
+    parser.add_argument("--tables", nargs="+", choices=["a", "b", "c", "d"], default=["a", "b", "c", "d"],
+                        help="Tables to run (b and c run together); the others are kept from the existing --output.")
     add_output_argument(parser, "search_fashionbert")
     args = parser.parse_args()
 
@@ -134,17 +162,26 @@ def main() -> None:
     if not retriever.has_dual_encoder:
         parser.error(f"--model {args.model}: no dual-encoder heads; train with --contrastive_projection_dim")
     size = retriever.processor.image_processor.image_size
+    result = {}
+    if set(args.tables) != {"a", "b", "c", "d"} and Path(args.output).is_file():
+        result = json.loads(Path(args.output).read_text())
+        if result.get("model") != args.model:
+            parser.error(f"--tables {' '.join(args.tables)}: {args.output} holds the tables of another model "
+                         f"({result.get('model')}); run every table for --model {args.model}")
     catalogue = make_fashion_dataset(args.catalogue, views_per_product=1, image_size=size, seed=args.catalogue_seed,
                                      split_fractions={"train": 1.0})["train"]  # fmt: skip
     images, texts = [image.convert("RGB") for image in catalogue["image"]], list(catalogue["text"])
-    result = {"model": args.model, "catalogue_seed": args.catalogue_seed}
-    result["first_stage"] = first_stage_table(retriever, images, texts)
-    print("(a) first stage:", result["first_stage"], flush=True)
-    result["two_stage"] = overlap_tables(retriever, images[: args.overlap_gallery], texts[: args.overlap_gallery],
-                                         args.overlap_queries, args.first_stage_ks)  # fmt: skip
-    print("(b, c) two stage:", result["two_stage"], flush=True)
-    result["latency"] = latency_table(retriever, texts, args.latency_sizes, args.latency_queries, images[:100])
-    result["environment"] = run_environment(load_before)
+    result.update({"model": args.model, "catalogue_seed": args.catalogue_seed})
+    if "a" in args.tables:
+        result["first_stage"] = first_stage_table(retriever, images, texts)
+        print("(a) first stage:", result["first_stage"], flush=True)
+    if {"b", "c"} & set(args.tables):
+        result["two_stage"] = overlap_tables(retriever, images[: args.overlap_gallery], texts[: args.overlap_gallery],
+                                             args.overlap_queries, args.first_stage_ks)  # fmt: skip
+        print("(b, c) two stage:", result["two_stage"], flush=True)
+    if "d" in args.tables:
+        result["latency"] = latency_table(retriever, texts, args.latency_sizes, args.latency_queries, images[:100])
+        result["environment"] = run_environment(load_before)
     write_json(args.output, result)
 
 

@@ -60,9 +60,12 @@ def latency_table(retriever: ActivityRetriever, sizes: list[int], num_queries: i
                 retriever.search_videos(query, top_k=10, first_stage_k=100)
                 timings.append(1000.0 * (time.perf_counter() - started))
             item_bytes = (config.appearance_dim + config.video_feature_dim) * (4 if dtype == "float32" else 2) + 8
+            index = retriever.index
             table[f"{size}/{dtype}"] = {"p50_ms": float(np.percentile(timings, 50)), "p95_ms": float(np.percentile(timings, 95)),
-                                        "build_seconds": build_seconds, "bytes_per_video": item_bytes}
-            print(f"  {size:>9,} videos, {dtype}: p50 {table[f'{size}/{dtype}']['p50_ms']:.1f} ms, {item_bytes} B/video", flush=True)
+                                        "build_seconds": build_seconds, "bytes_per_video": item_bytes,
+                                        "backend": index.backend, "kind": index.kind, "params": index.params}  # fmt: skip
+            print(f"  {size:>9,} videos, {dtype}, {index.backend} {index.kind}: p50 {table[f'{size}/{dtype}']['p50_ms']:.1f} ms, "
+                  f"{item_bytes} B/video", flush=True)  # fmt: skip
         retriever.clear_cache()
     return table
 

@@ -1,4 +1,8 @@
-"""app.py's "Text -> images" tab lists products, not views: one tile per product, its best-scoring view (no browser)."""
+"""
+app.py's fashion side without a browser: the catalogue is rendered once and reopened, each checkpoint's indexes are
+built once and loaded at start-up, the "Text -> images" tab shows one tile per product (its best view) in the order
+of the exhaustive ranking, and bad flags stop with one line.
+"""
 
 import sys
 from pathlib import Path
@@ -6,10 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "tests" / "fixtures" / "golden" / "fashionbert_pretraining"
 
 sys.path.insert(0, str(ROOT))
 import app  # noqa: E402
+
+from tiny_fashionbert import GOLDEN_FASHIONBERT, save_golden_fashionbert_with_heads  # noqa: E402
 
 
 def test_best_view_per_product_keeps_each_products_first_hit():
@@ -21,29 +26,111 @@ def test_best_view_per_product_keeps_each_products_first_hit():
     assert app.best_view_per_product([], [], product_ids, 3) == []
 
 
-def test_text_to_images_shows_one_tile_per_product_by_its_best_view():
+def test_catalogue_is_rendered_once_then_reopened(tmp_path, monkeypatch):
+    catalogue = app.FashionCatalogue.open_or_render(tmp_path, num_products=22, views_per_product=2, image_size=32, seed=3)
+    assert len(catalogue.paths) == 44 and catalogue.max_views == 2
+    assert all(Path(path).is_file() for path in catalogue.paths)
+    assert catalogue.unique_captions == list(dict.fromkeys(catalogue.captions))
+    monkeypatch.setattr(app.FashionCatalogue, "_render", staticmethod(lambda *_: pytest.fail("rendered again")))
+    again = app.FashionCatalogue.open_or_render(tmp_path, num_products=22, views_per_product=2, image_size=32, seed=3)
+    assert (again.paths, again.captions, again.product_ids) == (catalogue.paths, catalogue.captions, catalogue.product_ids)
+    monkeypatch.undo()
+    # Other settings live in their own folder (nothing overwritten); a damaged catalogue is rendered again.
+    other = app.FashionCatalogue.open_or_render(tmp_path, num_products=11, views_per_product=1, image_size=32, seed=3)
+    assert other.folder != catalogue.folder and Path(catalogue.paths[0]).is_file()
+    Path(catalogue.paths[5]).write_bytes(b"")
+    repaired = app.FashionCatalogue.open_or_render(tmp_path, num_products=22, views_per_product=2, image_size=32, seed=3)
+    assert Path(repaired.paths[5]).stat().st_size > 0
+    with pytest.raises(ValueError, match="--num_products 0"):
+        app.FashionCatalogue.open_or_render(tmp_path, num_products=0, views_per_product=1, image_size=32, seed=3)
+
+
+@pytest.fixture(scope="module")
+def catalogue_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    model = save_golden_fashionbert_with_heads(root / "model")
+    catalogue = app.FashionCatalogue.open_or_render(root / "catalogue", 22, 3, image_size=32, seed=0)
+    return catalogue, str(model)
+
+
+def test_indexes_are_built_once_and_loaded_by_later_start_ups(catalogue_and_model, monkeypatch):
+    from xmodal.retrieval import FashionRetriever
+
+    catalogue, model = catalogue_and_model
+    first = app.ModelCache(rerank_top_n=5, catalogue=catalogue).get("fashionbert", model)
+    folder = catalogue.index_folder(first)
+    assert {p.name for p in folder.iterdir()} == {"images", "captions"}
+    assert len(first.index) == len(catalogue.paths) and len(first.text_index) == len(catalogue.unique_captions)
+    monkeypatch.setattr(FashionRetriever, "build_index", lambda *a, **k: pytest.fail("indexed again"))
+    second = app.ModelCache(rerank_top_n=5, catalogue=catalogue).get("fashionbert", model)
+    assert second.index.source == first.model_fingerprint
+    assert second.search_images("red dress", top_k=3).indices.tolist() == first.search_images("red dress", top_k=3).indices.tolist()
+
+
+def test_a_checkpoint_without_heads_says_how_to_train_them(catalogue_and_model):
+    catalogue, _ = catalogue_and_model
+    with pytest.raises(ValueError, match="--contrastive_projection_dim"):
+        app.ModelCache(rerank_top_n=5, catalogue=catalogue).get("fashionbert", str(GOLDEN_FASHIONBERT))
+
+
+def test_text_to_images_shows_one_tile_per_product_by_its_best_view(catalogue_and_model):
     pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
     from xmodal.retrieval import FashionRetriever
 
-    gallery = app.FashionGallery.synthetic(num_products=55, views_per_product=3, image_size=32, seed=0)
-    assert gallery.max_views == 3 and len(gallery.images) == 3 * len(set(gallery.product_ids))
-    demo = app.build_demo(gallery, None, str(CHECKPOINT), "unused", rerank_top_n=100)
+    catalogue, model = catalogue_and_model
+    # The first stage covers the whole catalogue (66 views): the result must equal the exhaustive ranking.
+    demo = app.build_demo(catalogue, None, model, "unused", rerank_top_n=len(catalogue.paths))
     search_images = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "search_images")
 
-    items, note = search_images(str(CHECKPOINT), "red long sleeve dress", 4)
-    assert note.startswith("Cross-encoder scored") and "each product is shown once" in note
+    items, note = search_images(model, "red long sleeve dress", 4)
+    assert note.startswith("The dual-encoder index (exact") and "over 66 catalogue images" in note
+    assert "each product is shown once" in note
     shown = [caption.split(" | ")[1].split(":")[0] for _, caption in items]
     assert len(items) == 4 and len(set(shown)) == 4  # four products, none twice
 
-    # The same products, in the same order, as the exact ranking of every view reduced to each product's best view.
-    exact = FashionRetriever.from_pretrained(CHECKPOINT, rerank_top_n=None).rank_images(
-        "red long sleeve dress", gallery.images, top_k=len(gallery.images)
+    exact = FashionRetriever.from_pretrained(model, rerank_top_n=None).rank_images(
+        "red long sleeve dress", catalogue.paths, top_k=len(catalogue.paths)
     )
     best = {}
     for index, score in zip(exact.indices.tolist(), exact.scores.tolist()):
-        best.setdefault(gallery.product_ids[index], (index, score))
+        best.setdefault(catalogue.product_ids[index], (index, score))
     expected = sorted(best.items(), key=lambda item: (-item[1][1], item[1][0]))[:4]
     assert shown == [product for product, _ in expected]
     for (image, caption), (_, (index, score)) in zip(items, expected):
-        assert image is gallery.images[index]
+        assert image.size == (32, 32) and catalogue.captions[index] in caption
         assert float(caption.split("score ")[1].split(" |")[0]) == pytest.approx(score, abs=0.006)
+
+
+def test_image_to_captions_tab_searches_the_caption_index(catalogue_and_model):
+    pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
+    import gradio as gr
+    import PIL.Image
+
+    catalogue, model = catalogue_and_model
+    demo = app.build_demo(catalogue, None, model, "unused", rerank_top_n=len(catalogue.unique_captions))
+    search_captions = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "search_captions")
+
+    shown, rows = search_captions(model, None, 3, 4)
+    assert shown.size == (32, 32)
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    assert all(r[2] in catalogue.unique_captions for r in rows)
+    assert all(r[3] == ("yes" if r[2] == catalogue.captions[3] else "") for r in rows)
+    uploaded, _ = search_captions(model, PIL.Image.new("RGBA", (40, 30), (255, 0, 0, 128)), 0, 2)
+    assert uploaded.mode == "RGB" and uploaded.size == (40, 30)
+    with pytest.raises(gr.Error, match="pick an image between 0 and 65"):
+        search_captions(model, None, 66, 2)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no_fashion", "--num_products", "50"], "--num_products: has no effect with --no_fashion"),
+        (["--no_activity", "--videos_per_class", "2"], "--videos_per_class: has no effect with --no_activity"),
+        (["--rerank_top_n", "0"], "--rerank_top_n 0: must be at least 1"),
+    ],
+)
+def test_flags_that_would_be_ignored_or_are_out_of_range_stop_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        app.main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -257,3 +257,18 @@ def test_load_errors_name_a_broken_faiss_file(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(EmbeddingIndex.load(folder, backend="torch")) == 30  # the vectors alone still load
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_source_is_saved_and_checked_on_load(tmp_path, backend):
+    vectors = random_unit(20)
+    index = EmbeddingIndex.build(vectors, backend=backend, source="sha256:abc")
+    assert index.source == "sha256:abc"
+    index.save(tmp_path / "index")
+    assert EmbeddingIndex.load(tmp_path / "index").source == "sha256:abc"
+    EmbeddingIndex.build(vectors, backend=backend).save(tmp_path / "plain")
+    assert EmbeddingIndex.load(tmp_path / "plain").source is None
+    metadata = json.loads((tmp_path / "index" / "index.json").read_text())
+    (tmp_path / "index" / "index.json").write_text(json.dumps({**metadata, "source": 3}))
+    with pytest.raises(ValueError, match="`source` that is not a string"):
+        EmbeddingIndex.load(tmp_path / "index")

@@ -1,6 +1,5 @@
 """xmodal.retrieval on tiny saved checkpoints: exact top-k against brute force, caching, two-stage ranking, errors."""
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from transformers import AutoProcessor
 
-from xmodal import FashionBertConfig, FashionBertForImageTextRetrieval, MapIvrConfig, MapIvrModel
+from xmodal import MapIvrConfig, MapIvrModel
 from xmodal.indexing import EmbeddingIndex, faiss_available
 from xmodal.retrieval import ActivityRetriever, FashionRetriever
+
+from tiny_fashionbert import golden_fashionbert_with_heads
 
 
 FAISS_MISSING = "faiss is not installed (`pip install faiss-cpu`, part of the `test` extra): faiss backend not tested"
@@ -243,12 +243,8 @@ BACKENDS = ["torch", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_av
 @pytest.fixture(scope="module")
 def dual() -> FashionRetriever:
     """The tiny golden FashionBERT with (randomly initialised) dual-encoder heads: contrastive_projection_dim=8."""
-    config = FashionBertConfig.from_pretrained(FASHIONBERT, contrastive_projection_dim=8)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = FashionBertForImageTextRetrieval.from_pretrained(FASHIONBERT, config=config)
-    return FashionRetriever(model, AutoProcessor.from_pretrained(FASHIONBERT), rerank_top_n=None, batch_size=4)
+    model, processor = golden_fashionbert_with_heads(projection_dim=8)
+    return FashionRetriever(model, processor, rerank_top_n=None, batch_size=4)
 
 
 def test_rank_images_pre_ranks_with_the_trained_embeddings_when_the_model_has_heads(dual):
@@ -312,6 +308,27 @@ def test_search_images_returns_ids_and_the_index_round_trips(dual, tmp_path):
     assert other.search_images(TEXTS[2], top_k=3, first_stage_k=6).indices.tolist() == (
         dual.rank_images(TEXTS[2], images, top_k=3).indices.tolist()
     )
+
+
+def test_an_index_built_by_other_weights_is_refused(dual, tmp_path):
+    """Indexes record the model's fingerprint; another model's queries would not be comparable with them."""
+    images = random_images(4, seed=9)
+    dual.build_index(images)
+    dual.build_text_index(TEXTS)
+    assert dual.index.source == dual.text_index.source == dual.model_fingerprint
+    assert dual.model_fingerprint.startswith("sha256:") and len(dual.model_fingerprint) == 7 + 64
+    dual.save_index(tmp_path / "images")
+    dual.save_text_index(tmp_path / "texts")
+    same = FashionRetriever(dual.model, dual.processor)
+    assert same.model_fingerprint == dual.model_fingerprint
+    same.load_index(tmp_path / "images", images=images)
+    other_model, processor = golden_fashionbert_with_heads(projection_dim=8, seed=1)  # other heads, same sizes
+    other = FashionRetriever(other_model, processor)
+    assert other.model_fingerprint != dual.model_fingerprint
+    with pytest.raises(ValueError, match="was built by another model"):
+        other.load_index(tmp_path / "images", images=images)
+    with pytest.raises(ValueError, match="was built by another model"):
+        other.load_text_index(tmp_path / "texts")
 
 
 def test_search_texts_equals_exhaustive_ranking_when_first_stage_covers_the_captions(dual, tmp_path):
@@ -436,3 +453,11 @@ def test_video_index_errors(tmp_path):
     EmbeddingIndex.build(np.eye(3, dtype=np.float32), backend="torch").save(tmp_path / "other")
     with pytest.raises(ValueError, match="3-d codes"):
         retriever.load_index(tmp_path / "other")
+    # An index from other MAP-IVR weights (same sizes) is refused by its fingerprint.
+    retriever.build_index(videos)
+    retriever.save_index(tmp_path / "videos")
+    other = ActivityRetriever.from_pretrained(MAP_IVR)
+    with torch.no_grad():
+        next(other.model.parameters())[0, 0] += 1e-3  # one weight differs
+    with pytest.raises(ValueError, match="was built by another model"):
+        other.load_index(tmp_path / "videos")

@@ -37,3 +37,28 @@ def save_tiny_fashionbert_folders(root: Path) -> dict:
     retrieval = FashionBertForImageTextRetrieval.from_pretrained(root / "fashionbert").eval()
     save_model_folder(root / "fashionbert_retrieval", retrieval, processor)
     return {"root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval}
+
+
+GOLDEN_FASHIONBERT = Path(__file__).resolve().parent / "fixtures" / "golden" / "fashionbert_pretraining"
+
+
+def golden_fashionbert_with_heads(projection_dim: int = 8, seed: int = 0) -> tuple:
+    """The tiny golden FashionBERT as a retrieval model with (randomly initialised) dual-encoder heads, and its
+    processor: what catalogue search needs, in a second."""
+    import warnings
+
+    from transformers import AutoProcessor
+
+    config = FashionBertConfig.from_pretrained(GOLDEN_FASHIONBERT, contrastive_projection_dim=projection_dim)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the heads are new: "newly initialized" is expected
+        model = FashionBertForImageTextRetrieval.from_pretrained(GOLDEN_FASHIONBERT, config=config).eval()
+    return model, AutoProcessor.from_pretrained(GOLDEN_FASHIONBERT)
+
+
+def save_golden_fashionbert_with_heads(folder: Path, projection_dim: int = 8, seed: int = 0) -> Path:
+    """Writes `golden_fashionbert_with_heads` as a model folder; returns `folder`."""
+    model, processor = golden_fashionbert_with_heads(projection_dim, seed)
+    save_model_folder(folder, model, processor)
+    return folder

@@ -140,6 +140,8 @@ class EmbeddingIndex:
         params (`dict`): the kind's parameters (`hnsw_m`, `ef_construction`, `ef_search`; `nlist`, `nprobe`;
             `chunk_size` for the torch backend).
         ids (`np.ndarray` of int64, shape `(len(index),)`): the id of each vector, in build order.
+        source (`str` or `None`): what produced the vectors (the retrievers store their model's fingerprint here, so
+            an index is never searched with embeddings of another model); saved with the index.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class EmbeddingIndex:
         params: dict[str, Any],
         vectors: torch.Tensor | None = None,
         faiss_index: Any = None,
+        source: str | None = None,
     ):
         # Private: use `build` or `load`. The torch backend holds `vectors`; the faiss one only its own index.
         self.dim = dim
@@ -163,6 +166,7 @@ class EmbeddingIndex:
         self.params = params
         self._vectors = vectors
         self._faiss_index = faiss_index
+        self.source = source
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -184,6 +188,7 @@ class EmbeddingIndex:
         kind: str = "auto",
         dtype: str = "float32",
         normalize: bool = False,
+        source: str | None = None,
         **params: Any,
     ) -> EmbeddingIndex:
         """
@@ -198,6 +203,7 @@ class EmbeddingIndex:
             dtype: storage dtype, `"float32"` or `"float16"` (half the memory; scores then come from the rounded
                 vectors).
             normalize: L2-normalise the rows instead of requiring unit length.
+            source: what produced the vectors (kept as `index.source` and saved), e.g. a model fingerprint.
             **params: HNSW: `hnsw_m` (32), `ef_construction` (200), `ef_search` (128). IVF: `nlist`
                 (default round(4 * sqrt(N)), at most N), `nprobe` (default max(1, nlist // 8)). Torch: `chunk_size`
                 (16_384 gallery rows per matrix product; at most 2**24 scores, 64 MiB, at once).
@@ -240,10 +246,10 @@ class EmbeddingIndex:
         if backend == "torch":
             vectors_t = torch.from_numpy(array).to(DTYPES[dtype])
             return cls(dim=array.shape[1], ids=ids, backend="torch", kind="exact", dtype=dtype, params=params,
-                       vectors=vectors_t)  # fmt: skip
+                       vectors=vectors_t, source=source)  # fmt: skip
         faiss_index = cls._faiss_build(array, kind, dtype, params)
         return cls(dim=array.shape[1], ids=ids, backend="faiss", kind=kind, dtype=dtype, params=params,
-                   faiss_index=faiss_index)  # fmt: skip
+                   faiss_index=faiss_index, source=source)  # fmt: skip
 
     @staticmethod
     def _check_ids(ids: Any, count: int) -> np.ndarray:
@@ -429,6 +435,7 @@ class EmbeddingIndex:
             "dtype": self.dtype,
             "params": self.params,
             "files": files,
+            "source": self.source,
         }
         (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
@@ -467,10 +474,13 @@ class EmbeddingIndex:
         try:
             size, dim, kind, dtype = int(metadata["size"]), int(metadata["dim"]), metadata["kind"], metadata["dtype"]
             params = dict(metadata["params"])
+            source = metadata.get("source")
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{str(metadata_path)!r} lacks a valid field: {error!r}") from error
         if kind not in KINDS[1:] or dtype not in DTYPES:
             raise ValueError(f"{str(metadata_path)!r} has an unknown kind {kind!r} or dtype {dtype!r}.")
+        if source is not None and not isinstance(source, str):
+            raise ValueError(f"{str(metadata_path)!r} has a `source` that is not a string: {source!r}.")
 
         vectors_path = folder / VECTORS_FILE
         if not vectors_path.is_file():
@@ -501,10 +511,11 @@ class EmbeddingIndex:
                 )
             if want_faiss:
                 index = cls._faiss_build(np.ascontiguousarray(vectors.float().numpy()), "exact", dtype, {})
-                return cls(dim=dim, ids=ids, backend="faiss", kind="exact", dtype=dtype, params={}, faiss_index=index)
+                return cls(dim=dim, ids=ids, backend="faiss", kind="exact", dtype=dtype, params={}, faiss_index=index,
+                           source=source)  # fmt: skip
             torch_params = {"chunk_size": params.get("chunk_size", TORCH_PARAMS["chunk_size"])}
             return cls(dim=dim, ids=ids, backend="torch", kind="exact", dtype=dtype, params=torch_params,
-                       vectors=vectors)  # fmt: skip
+                       vectors=vectors, source=source)  # fmt: skip
         faiss = _faiss()
         faiss_path = folder / FAISS_FILE
         if not faiss_path.is_file():
@@ -521,4 +532,5 @@ class EmbeddingIndex:
                 f"{index.metric_type}); {METADATA_FILE} says {size} x {dim}, inner product."
             )
         cls._apply_search_params(index, kind, params)
-        return cls(dim=dim, ids=ids, backend="faiss", kind=kind, dtype=dtype, params=params, faiss_index=index)
+        return cls(dim=dim, ids=ids, backend="faiss", kind=kind, dtype=dtype, params=params, faiss_index=index,
+                   source=source)  # fmt: skip

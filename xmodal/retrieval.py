@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 # Importing the package registers the Auto classes, so saved folders load without trust_remote_code.
@@ -232,6 +233,29 @@ class _CachedRetriever:
         self.model = model.eval()
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._fingerprint: str | None = None
+
+    @property
+    def model_fingerprint(self) -> str:
+        """
+        SHA-256 of the model's weights (every parameter and buffer: name, dtype, shape, values), computed once.
+        Indexes record it (`EmbeddingIndex.source`) and `load_index` refuses an index built by other weights, whose
+        embeddings would not be comparable with this model's queries.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = "sha256:" + digest.hexdigest()
+        return self._fingerprint
+
+    def _check_index_source(self, index: EmbeddingIndex, folder: str | os.PathLike) -> None:
+        if index.source is not None and index.source != self.model_fingerprint:
+            raise ValueError(
+                f"the index in {str(folder)!r} was built by another model ({index.source[:19]}...; this model is "
+                f"{self.model_fingerprint[:19]}...): its embeddings do not match this model's queries; build it again."
+            )
 
     @staticmethod
     def _checkpoint(path: str | os.PathLike, model_type: str, **kwargs) -> tuple[Any, str]:
@@ -328,6 +352,7 @@ class FashionRetriever(_CachedRetriever):
         rerank_top_n: int | None = 100,
         batch_size: int = 64,
         device: str | torch.device | None = None,
+        cache_size: int = 100_000,
         **kwargs,
     ) -> FashionRetriever:
         """
@@ -338,7 +363,7 @@ class FashionRetriever(_CachedRetriever):
 
         Args:
             path: folder or repo id.
-            rerank_top_n, batch_size: as in the class.
+            rerank_top_n, batch_size, cache_size: as in the class.
             device: where the model runs (default: CUDA when available, else CPU).
             **kwargs: passed to every `from_pretrained` (`revision`, `local_files_only`, `token`...).
 
@@ -354,7 +379,8 @@ class FashionRetriever(_CachedRetriever):
             raise ValueError(f"checkpoint {str(path)!r} has a {type(processor).__name__}, not a FashionBertProcessor.")
         with _quiet_transformers():  # a pretraining checkpoint's MLM/MPM heads are expected leftovers here
             model = FashionBertForImageTextRetrieval.from_pretrained(source, config=config, **kwargs)
-        return cls(model.to(_pick_device(device)), processor, rerank_top_n=rerank_top_n, batch_size=batch_size)
+        return cls(model.to(_pick_device(device)), processor, rerank_top_n=rerank_top_n, batch_size=batch_size,
+                   cache_size=cache_size)  # fmt: skip
 
     # ---- features ----
 
@@ -514,7 +540,9 @@ class FashionRetriever(_CachedRetriever):
 
     # ---- indexed search (dual-encoder heads) ----
 
-    def build_index(self, images: Sequence[ImageInput], ids: Any = None, **index_params: Any) -> EmbeddingIndex:
+    def build_index(
+        self, images: Sequence[ImageInput], ids: Any = None, show_progress: bool = False, **index_params: Any
+    ) -> EmbeddingIndex:
         """
         Index the image embeddings of a gallery for `search_images` (kept on the retriever; `save_index` writes it).
 
@@ -530,10 +558,11 @@ class FashionRetriever(_CachedRetriever):
             images: the gallery (PIL images, `(H, W, 3)` arrays or file paths; file paths are what `save_index` can
                 store for `load_index`).
             ids: `(N,)` distinct integer ids that `search_images` returns instead of gallery positions.
+            show_progress: a progress bar over the images encoded.
             **index_params: passed to `EmbeddingIndex.build` (`backend`, `kind`, `dtype`, `ef_search`, `nprobe`...).
 
         Returns:
-            The `EmbeddingIndex` (also used by `search_images` from now on).
+            The `EmbeddingIndex` (also used by `search_images` from now on); its `source` is `model_fingerprint`.
 
         Raises:
             ValueError: the model has no dual-encoder heads (train with `--contrastive_projection_dim`), or bad
@@ -543,28 +572,38 @@ class FashionRetriever(_CachedRetriever):
         if isinstance(images, (str, os.PathLike, PIL.Image.Image)) or len(images) == 0:
             raise ValueError("`images` must be a non-empty list of images (PIL images, arrays or file paths).")
         images, step = list(images), self.batch_size * 16  # bounds the patch features held at once
-        vectors = [self.encode_images(images[start : start + step])[1] for start in range(0, len(images), step)]
-        self._image_index = EmbeddingIndex.build(torch.cat(vectors), ids=ids, **index_params)
+        vectors = []
+        with tqdm(total=len(images), desc="Indexing images", unit="image", disable=not show_progress) as bar:
+            for start in range(0, len(images), step):
+                vectors.append(self.encode_images(images[start : start + step])[1])
+                bar.update(len(vectors[-1]))
+        self._image_index = EmbeddingIndex.build(torch.cat(vectors), ids=ids, source=self.model_fingerprint, **index_params)
         self._indexed_images = images
         return self._image_index
 
     @torch.no_grad()
-    def build_text_index(self, texts: Sequence[str], ids: Any = None, **index_params: Any) -> EmbeddingIndex:
+    def build_text_index(
+        self, texts: Sequence[str], ids: Any = None, show_progress: bool = False, **index_params: Any
+    ) -> EmbeddingIndex:
         """
         Index the text embeddings of candidate captions for `search_texts` (as `build_index`, for texts).
 
         Args:
             texts: the captions.
             ids: `(N,)` distinct integer ids that `search_texts` returns instead of positions in `texts`.
+            show_progress: a progress bar over the captions encoded.
             **index_params: passed to `EmbeddingIndex.build`.
         """
         self._require_dual_encoder("build_text_index")
         if isinstance(texts, str) or len(texts) == 0 or not all(isinstance(t, str) for t in texts):
             raise ValueError("`texts` must be a non-empty list of strings.")
         texts = list(texts)
-        vectors = [self._text_vectors(self._tokenize(texts[start : start + self.batch_size])) for start in
-                   range(0, len(texts), self.batch_size)]  # fmt: skip
-        self._text_index = EmbeddingIndex.build(torch.cat(vectors), ids=ids, **index_params)
+        vectors = []
+        with tqdm(total=len(texts), desc="Indexing captions", unit="caption", disable=not show_progress) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                vectors.append(self._text_vectors(self._tokenize(texts[start : start + self.batch_size])))
+                bar.update(len(vectors[-1]))
+        self._text_index = EmbeddingIndex.build(torch.cat(vectors), ids=ids, source=self.model_fingerprint, **index_params)
         self._indexed_texts = texts
         return self._text_index
 
@@ -604,7 +643,8 @@ class FashionRetriever(_CachedRetriever):
             backend: as in `EmbeddingIndex.load`.
 
         Raises:
-            FileNotFoundError / ValueError naming `folder` (see `EmbeddingIndex.load`), a size mismatch, or no images.
+            FileNotFoundError / ValueError naming `folder` (see `EmbeddingIndex.load`), a size mismatch, an index built
+                by other weights (`model_fingerprint`), or no images.
         """
         self._require_dual_encoder("load_index")
         index = self._load_checked(folder, backend)
@@ -648,6 +688,7 @@ class FashionRetriever(_CachedRetriever):
 
     def _load_checked(self, folder: str | os.PathLike, backend: str) -> EmbeddingIndex:
         index = EmbeddingIndex.load(folder, backend=backend)
+        self._check_index_source(index, folder)
         expected = self.model.config.contrastive_projection_dim
         if index.dim != expected:
             raise ValueError(
@@ -910,7 +951,7 @@ class ActivityRetriever(_CachedRetriever):
             raise ValueError(f"`dtype` must be 'float32' or 'float16', got {dtype!r}.")
         gallery = self.encode_gallery(video_features, proposal_scores, proposal_mask)
         appearance = F.normalize(gallery.appearance.float().cpu(), dim=-1)
-        index = EmbeddingIndex.build(appearance, ids=ids, dtype=dtype, **index_params)
+        index = EmbeddingIndex.build(appearance, ids=ids, dtype=dtype, source=self.model_fingerprint, **index_params)
         self._video_index = index
         self._video_bars = gallery.video_features.float().cpu().to(getattr(torch, dtype)).contiguous()
         return index
@@ -932,12 +973,13 @@ class ActivityRetriever(_CachedRetriever):
 
     def load_index(self, folder: str | os.PathLike, backend: str = "auto") -> EmbeddingIndex:
         """
-        Load a video index written by `save_index` (from a model with the same appearance and feature sizes).
+        Load a video index written by `save_index` (by this model's weights: see `model_fingerprint`).
 
         Raises:
-            FileNotFoundError / ValueError naming `folder` or the file at fault.
+            FileNotFoundError / ValueError naming `folder` or the file at fault, or an index built by other weights.
         """
         index = EmbeddingIndex.load(folder, backend=backend)
+        self._check_index_source(index, folder)
         config = self.model.config
         if index.dim != config.appearance_dim:
             raise ValueError(
