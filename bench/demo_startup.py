@@ -1,0 +1,88 @@
+"""
+How long app.py takes to start with the 10,000-product catalogue: the first start renders the catalogue and builds the
+checkpoint's indexes, the second loads them. Each start is timed from launch to the first HTTP 200 on 127.0.0.1, then
+the server is stopped; a third phase times one "Text -> images" query through the handler (index + re-rank).
+
+    python bench/demo_startup.py --model outputs/fashionbert/final --catalogue_dir /tmp/demo_catalogue
+"""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from xmodal.benchmarking import add_output_argument, bench_parser, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def timed_start(arguments: list[str], log: Path, timeout: float) -> float:
+    """Seconds from launching app.py to its first HTTP 200; the server is stopped afterwards."""
+    port = free_port()
+    started = time.monotonic()
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *arguments, "--port", str(port)], cwd=ROOT,
+                                   stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        while time.monotonic() - started < timeout:
+            if process.poll() is not None:
+                raise SystemExit(f"app.py exited with {process.returncode}; see {log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit(f"app.py did not serve within {timeout} s; see {log}")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--model", required=True, help="A FashionBERT folder with dual-encoder heads.")
+    parser.add_argument("--catalogue_dir", required=True, help="A fresh folder for the catalogue and its indexes.")
+    parser.add_argument("--num_products", type=int, default=10_000)
+    parser.add_argument("--timeout", type=float, default=3600.0, help="Seconds to wait for one start.")
+    add_output_argument(parser, "demo_startup")
+    args = parser.parse_args()
+    if Path(args.catalogue_dir).exists():
+        parser.error(f"--catalogue_dir {args.catalogue_dir}: exists; the first start must render and index from scratch")
+    arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir,
+                 "--num_products", str(args.num_products), "--no_activity"]  # fmt: skip
+    log_dir = Path(args.catalogue_dir + "_logs")
+    log_dir.mkdir(parents=True)
+    result = {"model": args.model, "num_products": args.num_products}
+    result["first_start_seconds"] = timed_start(arguments, log_dir / "first.log", args.timeout)
+    print(f"first start (render + index): {result['first_start_seconds']:.0f} s", flush=True)
+    result["second_start_seconds"] = timed_start(arguments, log_dir / "second.log", args.timeout)
+    print(f"second start (load the saved indexes): {result['second_start_seconds']:.0f} s", flush=True)
+
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    catalogue = app.FashionCatalogue.open_or_render(args.catalogue_dir, args.num_products, 1, app.TRAIN_DEFAULTS["image_size"], app.CATALOGUE_SEED)
+    demo = app.build_demo(catalogue, None, args.model, "unused")
+    search_images = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "search_images")
+    search_images(args.model, "red dress", 5)  # loads the retriever and its indexes
+    timings = []
+    for query in ["red long sleeve dress", "black wool coat with pockets", "white t-shirt", "blue jeans", "green skirt"]:
+        started = time.perf_counter()
+        search_images(args.model, query, 5)
+        timings.append(time.perf_counter() - started)
+    result["query_seconds"] = timings
+    print(f"one query (index + re-rank of 100): {sorted(timings)[2]:.2f} s median", flush=True)
+    write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
