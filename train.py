@@ -220,6 +220,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     verbosity = "warning" if accelerator.is_local_main_process else "error"
+    if not accelerator.is_local_main_process:
+        datasets.disable_progress_bars()  # one bar per machine (its main process's shard)
     datasets.utils.logging.set_verbosity(getattr(datasets.logging, verbosity.upper()))
     transformers.utils.logging.set_verbosity(getattr(transformers.logging, verbosity.upper()))
     return accelerator
@@ -344,8 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     completed_steps = checkpoint_step(checkpoint) if checkpoint else 0
 
-    # Data, model and preprocessing. The main process goes first so the others reuse its `datasets` cache; the checks
-    # run on every process, outside those blocks, so that all of them stop with the same line.
+    # Data, model and preprocessing. The main process loads first so the others reuse its `datasets` cache; then
+    # every process computes its shard of the model inputs and reads the others' from the cache. The checks run on
+    # every process, outside those blocks, so that all of them stop with the same line.
     with accelerator.main_process_first():
         raw, dataset_description = training.load_splits(args)
     train_rows = first_rows(raw["train"], args.max_train_samples)
@@ -353,8 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_batches(len(train_rows), args, accelerator.num_processes)
     with accelerator.main_process_first():
         model, processor, new_parameters = training.build_model(args, train_rows)
-        train_dataset, eval_dataset = training.prepare_datasets(args, model, processor, train_rows, eval_rows)
+    train_dataset, eval_dataset = training.prepare_datasets(args, model, processor, train_rows, eval_rows, accelerator)
     training.check_before_training(args, eval_dataset)
+    training.connect_processes(model, accelerator)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
 

@@ -2,7 +2,7 @@
 
 `MODEL_TRAINING` maps `--model_type` to its module (`fashionbert`, `map_ivr`); both define the functions named in
 `TRAINING_FUNCTIONS` (`add_arguments`, `resolve_arguments`, `load_splits`, `build_model`, `prepare_datasets`,
-`check_before_training`, `build_collator`, `new_learning_rate_multiplier`, `describe`, `training_loss`, `evaluate`,
+`check_before_training`, `connect_processes`, `build_collator`, `new_learning_rate_multiplier`, `describe`, `training_loss`, `evaluate`,
 `save_figures`, `model_card`, `summary_lines`, `run_title`) and the constants `MODEL_CLASS`, `SYNTHETIC_DATASET`.
 """
 

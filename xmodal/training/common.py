@@ -10,7 +10,7 @@ import argparse
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "evaluation_split",
     "first_rows",
     "loss_terms",
+    "process_sum",
     "refuse_flags",
     "training_curve_figures",
 ]
@@ -36,7 +37,7 @@ __all__ = [
 # calls them; each module also has the constants MODEL_CLASS and SYNTHETIC_DATASET.
 TRAINING_FUNCTIONS = (
     "add_arguments", "resolve_arguments", "load_splits", "build_model", "prepare_datasets", "check_before_training",
-    "build_collator", "new_learning_rate_multiplier", "describe", "training_loss", "evaluate", "save_figures",
+    "connect_processes", "build_collator", "new_learning_rate_multiplier", "describe", "training_loss", "evaluate", "save_figures",
     "model_card", "summary_lines", "run_title",
 )  # fmt: skip
 # train.py's --seed, and so the seed of the synthetic test beds it trains on (app.py shows their test splits).
@@ -97,6 +98,16 @@ def loss_terms(outputs: Any, loss: torch.Tensor, weights: torch.Tensor | None) -
         for task, weight in zip(TASK_WEIGHT_NAMES, weights.detach().tolist()):
             terms[f"weight_{task}"] = weight
     return terms
+
+
+def process_sum(accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function summing a tensor over the accelerator's processes (what a model's collective-free code is given)."""
+
+    # A closure, not a bound method or partial: a deep copy of the model that holds it must not copy the accelerator.
+    def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(tensor, reduction="sum")
+
+    return reduce_sum
 
 
 def code_version() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import Accelerator
 from transformers import AutoTokenizer
 
 from ..data.collators import FashionBertPretrainingCollator
@@ -29,7 +30,16 @@ from ..fashionbert import (
     FashionBertProcessor,
 )
 from ..fashionbert.modeling_fashionbert import TASKS
-from .common import TRAINING_FUNCTIONS, TrainingRun, card_fields, card_metrics, dataset_arguments, refuse_flags, training_curve_figures
+from .common import (
+    TRAINING_FUNCTIONS,
+    TrainingRun,
+    card_fields,
+    card_metrics,
+    dataset_arguments,
+    process_sum,
+    refuse_flags,
+    training_curve_figures,
+)
 
 __all__ = [
     *TRAINING_FUNCTIONS,
@@ -343,11 +353,19 @@ def new_model(
 
 def prepare_datasets(
     args: argparse.Namespace, model: FashionBertForPreTraining, processor: FashionBertProcessor,
-    train_rows: datasets.Dataset, eval_rows: datasets.Dataset,
+    train_rows: datasets.Dataset, eval_rows: datasets.Dataset, accelerator: Accelerator,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Token ids and frozen patch features of both splits, computed once and cached by `datasets`."""
+    """
+    Token ids and frozen patch features of both splits, computed once and cached by `datasets`: each process encodes
+    its shard on its own device, then every process reads the whole set back from the cache (`map_in_shards`).
+    """
+    if not args.preprocessing_num_workers or args.preprocessing_num_workers == 1:
+        # Encode on this process's device (`prepare` would move the model there anyway); forked map workers keep the
+        # model on the CPU, as CUDA cannot be used in a forked process.
+        model.to(accelerator.device)
+    shards = {"num_shards": accelerator.num_processes, "shard_index": accelerator.process_index, "wait_for_everyone": accelerator.wait_for_everyone}
     return tuple(
-        add_fashionbert_inputs(rows, processor, model, args.max_text_length, num_proc=args.preprocessing_num_workers)
+        add_fashionbert_inputs(rows, processor, model, args.max_text_length, num_proc=args.preprocessing_num_workers, **shards)
         for rows in (train_rows, eval_rows)
     )
 
@@ -380,6 +398,15 @@ def check_before_training(args: argparse.Namespace, eval_dataset: datasets.Datas
             f"the evaluation split has {num_products} products; the protocol needs at least --num_eval_negatives + 1 = "
             f"{needed}: pass a smaller --num_eval_negatives, more evaluation rows (--max_eval_samples) or --do_eval false"
         )
+
+
+def connect_processes(model: FashionBertForPreTraining, accelerator: Accelerator) -> None:
+    """
+    Under data parallelism, eq. 6's per-task gradient statistics are summed over the processes before the weights
+    are computed, so every process uses the weights one process would use on the global batch (one all-reduce of
+    2 x num_tasks numbers per forward; see `FashionBertForPreTraining.task_statistics_reducer`).
+    """
+    model.task_statistics_reducer = process_sum(accelerator) if accelerator.num_processes > 1 else None
 
 
 def new_learning_rate_multiplier(args: argparse.Namespace) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import Accelerator
 
 from ..data.activity_sources import activity_arrays, load_activity_dataset, load_apivr_features
 from ..data.activity_synthetic import make_activity_dataset
@@ -96,10 +97,14 @@ def new_model(train_rows: datasets.Dataset, **config_overrides) -> tuple[MapIvrM
 
 def prepare_datasets(
     args: argparse.Namespace, model: MapIvrModel, processor: MapIvrFeatureExtractor,
-    train_rows: datasets.Dataset, eval_rows: datasets.Dataset,
+    train_rows: datasets.Dataset, eval_rows: datasets.Dataset, accelerator: Accelerator,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The rows as they are: the collator normalises each batch with the feature extractor."""
+    """The rows as they are: the collator normalises each batch with the feature extractor (nothing to share out)."""
     return train_rows, eval_rows
+
+
+def connect_processes(model: MapIvrModel, accelerator: Accelerator) -> None:
+    """Nothing: MAP-IVR's loss weights are fixed, no statistic needs the other processes."""
 
 
 def build_collator(
