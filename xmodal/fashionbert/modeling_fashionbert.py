@@ -891,7 +891,9 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         """MLM cross-entropy over the labelled tokens (mean), and how many there were."""
         count = 0 if labels is None else int((labels != -100).sum())
         if count == 0:
-            return _zero_loss_like(self.cls.predictions.bias if logits.numel() == 0 else logits), 0
+            # Also when sparse prediction left no row (`logits` empty): the head still ran, so every one of its
+            # parameters gets a zero gradient (DDP would stop on the transform's otherwise).
+            return _zero_loss_like(logits), 0
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
         return loss, count
 
