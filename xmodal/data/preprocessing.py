@@ -17,7 +17,7 @@ from datasets.fingerprint import Hasher
 
 from ._common import map_to_columns
 
-__all__ = ["add_fashionbert_inputs", "map_in_shards", "patch_encoder_fingerprint", "truncated_caption_rows"]
+__all__ = ["add_fashionbert_inputs", "fashionbert_input_encoder", "map_in_shards", "patch_encoder_fingerprint", "truncated_caption_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +75,13 @@ def add_fashionbert_inputs(
             the whole dataset, read back from the `datasets` cache. The rows are the same as with one process.
     """
     base = model.base_model
-    image_size = processor.image_processor.image_size
-    if image_size != base.config.image_size:
-        raise ValueError(
-            f"the processor resizes images to {image_size} but the model expects image_size={base.config.image_size}"
-        )
-    feature_shape = (base.config.num_patches, base.config.patch_feature_dim)
     kept = [name for name in _KEPT_COLUMNS if name in dataset.column_names]
+    encode = fashionbert_input_encoder(processor, model, max_text_length, kept)
     features = Features(
         {
             **{name: dataset.features[name] for name in kept},
             "input_ids": Sequence(Value("int32")),
-            "patch_features": Array2D(shape=feature_shape, dtype="float32"),
+            "patch_features": Array2D(shape=(base.config.num_patches, base.config.patch_feature_dim), dtype="float32"),
         }
     )
     fingerprint = Hasher.hash(
@@ -98,23 +93,6 @@ def add_fashionbert_inputs(
             max_text_length,
         ]
     )
-
-    parent = os.getpid()
-
-    def encode(batch):
-        if os.getpid() != parent:
-            # A forked `datasets` worker inherits torch's OpenMP pool from a parent that has used it; entering a
-            # parallel region there hangs for good. One thread per worker runs torch's ops inline.
-            torch.set_num_threads(1)
-        tokens = processor.tokenizer(batch["text"], truncation=True, max_length=max_text_length)
-        pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            patches = base.get_patch_features(pixel_values.to(base.device, base.dtype))
-        return {
-            **{name: batch[name] for name in kept},
-            "input_ids": tokens["input_ids"],
-            "patch_features": patches.float().cpu().numpy().astype(np.float32),
-        }
 
     def map_rows(rows: Dataset, rows_fingerprint: str, rows_desc: str) -> Dataset:
         return map_to_columns(rows, encode, features, num_proc, batch_size=batch_size, new_fingerprint=rows_fingerprint, desc=rows_desc)
@@ -129,6 +107,40 @@ def add_fashionbert_inputs(
             len(truncated), len(encoded), max_text_length, shown, ", ..." if len(truncated) > 10 else "",
         )
     return encoded
+
+
+def fashionbert_input_encoder(
+    processor, model, max_text_length: int, kept: tuple[str, ...] | list[str] = _KEPT_COLUMNS
+) -> Callable[[dict], dict]:
+    """
+    The batch function behind `add_fashionbert_inputs` (also run on streamed batches): `{image: [PIL images], text,
+    ...}` -> `{kept columns, input_ids, patch_features}`, the patch features from `model`'s frozen patch encoder on its
+    device. Refuses a processor whose image size is not the model's.
+    """
+    base = model.base_model
+    image_size = processor.image_processor.image_size
+    if image_size != base.config.image_size:
+        raise ValueError(
+            f"the processor resizes images to {image_size} but the model expects image_size={base.config.image_size}"
+        )
+    parent = os.getpid()
+
+    def encode(batch: dict) -> dict:
+        if os.getpid() != parent:
+            # A forked worker (`datasets` or DataLoader) inherits torch's OpenMP pool from a parent that has used it;
+            # entering a parallel region there hangs for good. One thread per worker runs torch's ops inline.
+            torch.set_num_threads(1)
+        tokens = processor.tokenizer(batch["text"], truncation=True, max_length=max_text_length)
+        pixel_values = processor.image_processor(batch["image"], return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            patches = base.get_patch_features(pixel_values.to(base.device, base.dtype))
+        return {
+            **{name: batch[name] for name in kept if name in batch},
+            "input_ids": tokens["input_ids"],
+            "patch_features": patches.float().cpu().numpy().astype(np.float32),
+        }
+
+    return encode
 
 
 def map_in_shards(

@@ -21,6 +21,7 @@ from .checkpoints import (
 from .common import DEFAULT_SEED, TRAINING_FUNCTIONS, TrainingRun, evaluation_split, first_rows, loss_terms, refuse_flags
 from .fashionbert import FASHIONBERT_RECIPES, FashionBertRecipe, alignment_warmup_loss
 from .optimization import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
+from .streaming import StreamLoader
 
 MODEL_TRAINING = {"fashionbert": fashionbert, "map_ivr": map_ivr}
 
@@ -33,6 +34,7 @@ __all__ = [
     "FASHIONBERT_RECIPES",
     "FashionBertRecipe",
     "MODEL_TRAINING",
+    "StreamLoader",
     "TRAINING_FUNCTIONS",
     "TrainingRun",
     "alignment_warmup_loss",

@@ -80,11 +80,13 @@ def evaluation_split(raw: datasets.DatasetDict) -> str:
     raise ValueError(f"no non-empty evaluation split ('test' or 'validation'): the data has {sizes}; pass --validation_file")
 
 
-def first_rows(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    """The first `limit` rows of `dataset` (all of them when `limit` is None or larger)."""
-    if limit is None or limit >= len(dataset):
+def first_rows(dataset: datasets.Dataset | datasets.IterableDataset, limit: int | None) -> datasets.Dataset | datasets.IterableDataset:
+    """The first `limit` rows of `dataset` (all of them when `limit` is None or larger); a stream's first `limit`."""
+    if limit is None:
         return dataset
-    return dataset.select(range(limit))
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(limit)
+    return dataset if limit >= len(dataset) else dataset.select(range(limit))
 
 
 def loss_terms(outputs: Any, loss: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float]:

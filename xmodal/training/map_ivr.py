@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
     """Fills MAP-IVR's defaults and refuses flags that would be ignored (`ValueError` naming the flag)."""
+    if args.streaming:
+        raise ValueError("--streaming: needs a map-style dataset for MAP-IVR, which fits its feature normalisation on the whole training split")
     if args.apivr_dir and (args.dataset_name or args.train_file):
         raise ValueError("--apivr_dir: give one data source, not also --dataset_name / --train_file")
     if (args.apivr_dir or args.dataset_name or args.train_file) and "synthetic_videos_per_class" in given:
