@@ -7,12 +7,13 @@ task-weight statistics across them.
    of the dataset (nothing cached). Each process encodes its shard and reads the other's back from the cache
    (`xmodal.data.preprocessing.map_in_shards`); the time is the main process's, from the start of extraction until
    every process holds the whole set. Runs alternate (1, 2, 1, 2, ...) and the medians over `--repeats` are kept.
-2. Reduction: in the 2-process run, training steps (forward with eq. 6, backward, AdamW step, DDP) of a small
-   FashionBERT with the statistics reduced (`task_statistics_reducer`) and without, alternating, median ms per step;
-   and the all-reduce of the 2 x 3 statistics alone.
+2. Reduction: in each 2-process run, training steps (forward with eq. 6, backward, AdamW step, DDP) of a small
+   FashionBERT (hidden 256, 4 layers, 16 pairs of 32 tokens + 16 patches per process) with the statistics reduced
+   (`task_statistics_reducer`) and without, alternating step by step, median ms per step (the medians over the runs
+   are reported); and the all-reduce of the 2 x 3 statistics alone.
 
     python bench/speed_data_parallel.py           # writes bench/results/speed_data_parallel.json
-    python bench/speed_data_parallel.py --quick   # seconds: 8 images, 3 steps
+    python bench/speed_data_parallel.py --quick   # a minute: 8 images, 3 steps, 1 run each
 """
 
 import json
@@ -87,25 +88,25 @@ def step_milliseconds(accelerator, steps: int, repeats: int) -> dict:
              "alignment_labels": torch.arange(16) % 2, "mpm_mask": torch.rand(16, 16, generator=generator) < 0.1}  # fmt: skip
     batch["labels"] = torch.where(torch.rand(16, 32, generator=generator) < 0.15, batch["input_ids"], -100)
     timings = {"reduced": [], "local": []}
-    for _ in range(repeats):
-        for name, reducer in (("reduced", process_sum(accelerator)), ("local", None)):
-            inner.task_statistics_reducer = reducer
-            accelerator.wait_for_everyone()
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            accelerator.wait_for_everyone()
-            timings[name].append(1000 * (time.perf_counter() - start) / steps)
+    for step in range(2 * steps * repeats + 2):  # the two settings alternate step by step: load drifts cancel out
+        name = ("reduced", "local")[step % 2]
+        inner.task_statistics_reducer = process_sum(accelerator) if name == "reduced" else None
+        accelerator.wait_for_everyone()
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        accelerator.wait_for_everyone()
+        if step >= 2:  # the first step of each setting warms up
+            timings[name].append(1000 * (time.perf_counter() - start))
     statistic = torch.zeros(2, 3, dtype=torch.float64)
     start = time.perf_counter()
     for _ in range(200):
         accelerator.reduce(statistic, reduction="sum")
     all_reduce_ms = 1000 * (time.perf_counter() - start) / 200
     reduced, local = statistics.median(timings["reduced"]), statistics.median(timings["local"])
-    return {"ms_per_step_reduced": reduced, "ms_per_step_local": local, "extra_ms_per_step": reduced - local,
+    return {"ms_per_step_reduced": reduced, "ms_per_step_local": local, "extra_ms_per_step": reduced - local, "per_step_ms": timings,
             "extra_percent": 100 * (reduced - local) / local, "all_reduce_ms": all_reduce_ms, "steps": steps, "repeats": repeats}  # fmt: skip
 
 
@@ -135,7 +136,7 @@ def launch(processes: int, folder: Path, args) -> dict:
 def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--images", type=int, default=64, help="Images to encode.")
-    parser.add_argument("--steps", type=int, default=10, help="Training steps per timed round (reduction).")
+    parser.add_argument("--steps", type=int, default=10, help="Timed training steps of each setting per run (reduction).")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds of each configuration.")
     parser.add_argument("--worker", default=None, help=argparse_suppress())
     add_speed_arguments(parser, "speed_data_parallel", quick_help="Seconds: 8 images, 3 steps, 1 round.")
@@ -155,8 +156,10 @@ def main() -> None:
                 runs[processes].append(launch(processes, folder, args))
     one = statistics.median(run["extraction_seconds"] for run in runs[1])
     two = statistics.median(run["extraction_seconds"] for run in runs[2])
-    steps = {key: statistics.median(run["steps"][key] for run in runs[2]) for key in runs[2][0]["steps"]}
+    steps = {key: statistics.median(run["steps"][key] for run in runs[2]) for key in runs[2][0]["steps"] if key != "per_step_ms"}
+    steps["per_step_ms"] = [run["steps"]["per_step_ms"] for run in runs[2]]  # every timed step: the spread under load
     result = {"images": args.images, "extraction_seconds": {"1": one, "2": two}, "speedup_2_vs_1": one / two,
+              "extraction_rounds": {"1": [run["extraction_seconds"] for run in runs[1]], "2": [run["extraction_seconds"] for run in runs[2]]},
               "images_per_second": {"1": args.images / one, "2": args.images / two}, "task_weight_reduction": steps,
               "command": "python bench/speed_data_parallel.py" + (" --quick" if args.quick else ""), "environment": run_environment(load_before)}  # fmt: skip
     write_json(args.output, result)
