@@ -3,6 +3,7 @@ buffer, encoded batch by batch (in DataLoader workers or not), resumed at the nu
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,20 @@ def test_a_streamed_run_resumed_from_a_checkpoint_ends_bit_identical(tiny_bert, 
         other = load_file(tmp_path / run / "final" / "model.safetensors")
         assert all(torch.equal(weights[name], other[name]) for name in weights), run
     assert json.loads((tmp_path / "full" / "train_history.json").read_text())[-1]["step"] == 12
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_parts_of_the_stream(tiny_bert, catalogue, tmp_path):  # noqa: F811
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo): each process streams its part, DDP trains, the task
+    weights are reduced across the processes, and the run ends with its checkpoint and folder."""
+    from test_train import run_train
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    args = streaming_args(tiny_bert, catalogue, tmp_path / "two", "--dataloader_num_workers", "1")
+    steps = args.index("--max_train_steps") + 1
+    args[steps] = "6"  # past each process's epoch of 2 batches of 4 (11 rows each)
+    result = run_train(args, launcher=launcher)
+    assert "MULTI_CPU" in result.stdout + result.stderr
+    history = json.loads((tmp_path / "two" / "train_history.json").read_text())
+    assert [h["step"] for h in history] == list(range(1, 7))
+    assert (tmp_path / "two" / "final" / "model.safetensors").exists()

@@ -281,8 +281,9 @@ def _checked_rows(ds, split: str, base: str | None, source: str, image_column: s
     image_type = ds.features[image_column]
     if isinstance(image_type, datasets.Value) and image_type.dtype in ("string", "large_string"):
         if base is not None:
+            kept = {"features": ds.features} if isinstance(ds, datasets.IterableDataset) else {}  # a stream's map drops them
             ds = map_rows(ds, _absolute_paths, batched=True, fn_kwargs={"column": image_column, "base": base},
-                          features=ds.features, desc="Resolving image paths")  # features: a stream's map would drop them
+                          desc="Resolving image paths", **kept)
     elif not (isinstance(image_type, datasets.Image) or (
             isinstance(image_type, datasets.Value) and image_type.dtype in ("binary", "large_binary"))
             or isinstance(image_type, dict)):
