@@ -750,9 +750,9 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
     function that sums a tensor over the processes (train.py passes accelerate's `reduce(..., "sum")`): the per-task
     gradient statistics are then reduced before eq. 6, so every process uses the weights (and running means) that one
     process would compute on the global batch. The model itself never calls a collective. A task absent from a batch
-    contributes a zero
-    loss still attached to its head, so every trainable parameter receives a (zero) gradient and DDP needs no
-    `find_unused_parameters`. The frozen patch encoder has `requires_grad=False` and is outside DDP's reducer.
+    contributes a zero loss still attached to its head, so every trainable parameter receives a (zero) gradient and
+    DDP needs no `find_unused_parameters`. The frozen patch encoder has `requires_grad=False` and is outside DDP's
+    reducer.
     With fp16 autocast the task gradients are taken on the unscaled losses and may underflow to 0 (the guard then
     gives equal weights); bf16 or fp32 do not have this problem.
     """
@@ -860,7 +860,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
                 counts.append(itc_count)
                 shared_states.append(unimodal_states)
             losses = torch.stack(task_losses)
-            weights = self._task_weights(losses, torch.tensor(counts, dtype=torch.float64, device=losses.device), shared_states)
+            weights = self._task_weights(losses, torch.tensor(counts, device=losses.device), shared_states)
             loss = (weights * losses).sum()
             task_weights = weights.detach()
 
@@ -1009,6 +1009,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
                 squared_norms[task] = torch.as_tensor(squared, dtype=torch.float64, device=losses.device)
         if self.task_statistics_reducer is None:
             return torch.nan_to_num(squared_norms.sqrt(), posinf=math.inf), counts
+        counts = counts.to(torch.float64)
         # Process p's loss is a mean over its n_p items, so the global batch's loss (the mean over all N items) has
         # gradient (n_p / N) g_p w.r.t. p's states. The processes' states are disjoint, hence
         # ||g||^2 = sum_p n_p^2 ||g_p||^2 / N^2: reduce n_p^2 ||g_p||^2 and n_p, not the norms themselves.
