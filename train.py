@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,7 @@ from xmodal.training import (
     DEFAULT_SEED,
     MODEL_TRAINING,
     WEIGHT_DECAY,
+    StreamLoader,
     TrainingRun,
     checkpoint_step,
     evaluation_split,
@@ -96,6 +98,9 @@ def build_parser() -> ArgumentParser:
     data.add_argument("--on_bad_rows", choices=["raise", "skip"], default="raise", help="What to do with undecodable or invalid rows of real data.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Truncate the training set (debugging, quick runs).")
     data.add_argument("--max_eval_samples", type=int, default=None, help="Truncate the evaluation set.")
+    data.add_argument("--streaming", action="store_true", help="Read the training split of --dataset_name / --train_file as a stream (datasets' IterableDataset: never whole on disk), split across processes, shuffled through a buffer, model inputs computed batch by batch; needs --max_train_steps. The evaluation split is loaded as usual.")
+    data.add_argument("--shuffle_buffer_size", type=int, default=1000, help="--streaming: rows in the shuffle buffer (each epoch reshuffles with --seed + epoch).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="--streaming: DataLoader worker processes that decode images and compute the model inputs (0: the main process, on its device; N: N CPU workers).")
 
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", default=None, help="Where checkpoints and the final Hub-ready folder go. Default: outputs/<model_type>.")
@@ -169,6 +174,9 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         "push_checkpoints": (args.push_to_hub, "needs --push_to_hub"),
         "dataset_config_name": (args.dataset_name, "needs --dataset_name"),
         "validation_file": (args.train_file, "needs --train_file"),
+        "streaming": (args.dataset_name or args.train_file, "applies only to --dataset_name / --train_file"),
+        "shuffle_buffer_size": (args.streaming, "needs --streaming"),
+        "dataloader_num_workers": (args.streaming, "needs --streaming (the cached, map-style features need no workers)"),
         "per_device_eval_batch_size": (args.do_eval, "applies only when evaluating (--do_eval true)"),
         "num_train_epochs": ("max_train_steps" not in given, "give --num_train_epochs or --max_train_steps, not both"),
         "on_bad_rows": (args.dataset_name or args.train_file or getattr(args, "fashiongen_h5", None) or getattr(args, "apivr_dir", None),
@@ -177,13 +185,21 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
     for flag, (holds, reason) in conditions.items():
         if not holds:
             refuse_flags((flag,), given, reason)
+    if args.streaming:
+        refuse_flags(("num_train_epochs",), given, "needs a map-style dataset (a stream's length is unknown): give --max_train_steps with --streaming")
+        if args.checkpointing_steps == "epoch":
+            raise ValueError("--checkpointing_steps epoch: needs a map-style dataset (each process's stream ends at another step); give a step count with --streaming")
     if args.gradient_checkpointing and not training.MODEL_CLASS.supports_gradient_checkpointing:
         raise ValueError(f"--gradient_checkpointing: {training.MODEL_CLASS.__name__} does not support it")
-    for flag in ("max_train_samples", "max_eval_samples", "max_train_steps", "logging_steps", "gradient_accumulation_steps"):
+    for flag in ("max_train_samples", "max_eval_samples", "max_train_steps", "logging_steps", "gradient_accumulation_steps", "shuffle_buffer_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+    if args.dataloader_num_workers < 0:
+        raise ValueError(f"--dataloader_num_workers must be 0 or more, got {args.dataloader_num_workers}")
     checkpointing_interval(args.checkpointing_steps)  # a bad value stops here, not after the data is loaded
     training.resolve_arguments(args, given)
+    if args.streaming and args.max_train_steps is None:
+        raise ValueError(f"--streaming: a stream's length is unknown, give --max_train_steps (recipe {getattr(args, 'recipe', None)} counts epochs)")
     args.output_dir = args.output_dir or f"outputs/{args.model_type}"
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
@@ -220,6 +236,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
     verbosity = "warning" if accelerator.is_local_main_process else "error"
+    if not accelerator.is_local_main_process:
+        datasets.disable_progress_bars()  # one bar per machine (its main process's shard)
     datasets.utils.logging.set_verbosity(getattr(datasets.logging, verbosity.upper()))
     transformers.utils.logging.set_verbosity(getattr(transformers.logging, verbosity.upper()))
     return accelerator
@@ -235,25 +253,36 @@ def check_batches(num_rows: int, args: argparse.Namespace, num_processes: int) -
         )
 
 
-def train(
-    args: argparse.Namespace, accelerator: Accelerator, training: ModuleType, model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer, lr_scheduler, train_dataloader: DataLoader, completed_steps: int,
-) -> tuple[int, list[dict], float]:
-    """The loop: steps until --max_train_steps or --max_train_minutes; returns steps done, the log and minutes."""
+def epoch_batches(
+    args: argparse.Namespace, accelerator: Accelerator, train_dataloader: DataLoader | StreamLoader, completed_steps: int
+) -> Iterator[Iterable[dict]]:
+    """The batches of each epoch left to train, the first one after the `completed_steps` already trained."""
+    if isinstance(train_dataloader, StreamLoader):  # one endless iterable: epochs differ between processes
+        yield train_dataloader.batches(completed_steps * args.gradient_accumulation_steps * args.per_device_train_batch_size)
+        return
     updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     starting_epoch, resume_step = divmod(completed_steps, updates_per_epoch)
+    for epoch in range(starting_epoch, args.num_train_epochs):
+        train_dataloader.set_epoch(epoch)
+        skip = resume_step * args.gradient_accumulation_steps if epoch == starting_epoch else 0
+        yield accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+
+
+def train(
+    args: argparse.Namespace, accelerator: Accelerator, training: ModuleType, model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, lr_scheduler, train_dataloader: DataLoader | StreamLoader, completed_steps: int,
+) -> tuple[int, list[dict], float]:
+    """The loop: steps until --max_train_steps or --max_train_minutes; returns steps done, the log and minutes."""
     checkpointing_steps = checkpointing_interval(args.checkpointing_steps)
     progress_bar = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process, desc="Training")
     history: list[dict[str, float]] = []
     running: dict[str, float] = {}
     running_steps, started, out_of_time = 0, time.monotonic(), False
-    for epoch in range(starting_epoch, args.num_train_epochs):
+    for batches in epoch_batches(args, accelerator, train_dataloader, completed_steps):
         if completed_steps >= args.max_train_steps or out_of_time:  # resumed from the last step's checkpoint, or time is up
             break
         model.train()
-        train_dataloader.set_epoch(epoch)
-        skip = resume_step * args.gradient_accumulation_steps if epoch == starting_epoch else 0
-        for batch in accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader:
+        for batch in batches:
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 loss, task_weights = training.training_loss(args, outputs, completed_steps)
@@ -344,37 +373,43 @@ def main(argv: list[str] | None = None) -> dict:
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     completed_steps = checkpoint_step(checkpoint) if checkpoint else 0
 
-    # Data, model and preprocessing. The main process goes first so the others reuse its `datasets` cache; the checks
-    # run on every process, outside those blocks, so that all of them stop with the same line.
+    # Data, model and preprocessing. The main process loads first so the others reuse its `datasets` cache; then
+    # every process computes its shard of the model inputs and reads the others' from the cache. The checks run on
+    # every process, outside those blocks, so that all of them stop with the same line.
     with accelerator.main_process_first():
         raw, dataset_description = training.load_splits(args)
     train_rows = first_rows(raw["train"], args.max_train_samples)
     eval_rows = first_rows(raw[evaluation_split(raw)], args.max_eval_samples)
-    check_batches(len(train_rows), args, accelerator.num_processes)
+    if not args.streaming:  # a stream's length is unknown: StreamLoader stops with the same line on an empty epoch
+        check_batches(len(train_rows), args, accelerator.num_processes)
     with accelerator.main_process_first():
         model, processor, new_parameters = training.build_model(args, train_rows)
-        train_dataset, eval_dataset = training.prepare_datasets(args, model, processor, train_rows, eval_rows)
+    train_dataset, eval_dataset = training.prepare_datasets(args, model, processor, train_rows, eval_rows, accelerator)
     training.check_before_training(args, eval_dataset)
+    training.connect_processes(model, accelerator)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
 
-    train_dataloader = DataLoader(
-        train_dataset.with_format("numpy"),
-        shuffle=True,
-        collate_fn=training.build_collator(args, model, processor, completed_steps),
-        batch_size=args.per_device_train_batch_size,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (masks, dropout) resumable
-    )
+    collator = training.build_collator(args, model, processor, completed_steps)
+    if args.streaming:  # this process's part of the stream, collated here and put on the device by the loader
+        train_dataloader = StreamLoader(train_dataset, collator, args.per_device_train_batch_size, args.dataloader_num_workers, accelerator.device)
+    else:
+        train_dataloader = DataLoader(
+            train_dataset.with_format("numpy"),
+            shuffle=True,
+            collate_fn=collator,
+            batch_size=args.per_device_train_batch_size,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG (masks, dropout) resumable
+        )
     optimizer = torch.optim.AdamW(
         optimizer_parameter_groups(model, args.learning_rate, args.weight_decay, new_parameters, training.new_learning_rate_multiplier(args)),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
     )
     logger.info(training.describe(args, optimizer))
-    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    if args.max_train_steps is None:  # map-style only (--streaming needs the flag)
+        args.max_train_steps = args.num_train_epochs * math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else math.ceil(0.1 * args.max_train_steps)
     lr_scheduler = get_scheduler(
         name=args.lr_scheduler_type,
@@ -382,15 +417,21 @@ def main(argv: list[str] | None = None) -> dict:
         num_warmup_steps=num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
-    args.num_train_epochs = math.ceil(args.max_train_steps / math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+    if args.streaming:  # already split across processes: accelerate must not shard or dispatch it again
+        model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    else:
+        model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader, lr_scheduler)
+        args.num_train_epochs = math.ceil(args.max_train_steps / math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
     if args.with_tracking:
         hparams = {k: (v.value if isinstance(v, SchedulerType) else v) for k, v in vars(args).items()}
         accelerator.init_trackers(f"xmodal_{args.model_type}", {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))})
 
     total_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training *****")
-    logger.info(f"  Num examples = {len(train_dataset)}, num epochs = {args.num_train_epochs}")
+    if args.streaming:
+        logger.info(f"  Streamed examples, {accelerator.num_processes} process(es), shuffle buffer {args.shuffle_buffer_size}")
+    else:
+        logger.info(f"  Num examples = {len(train_dataset)}, num epochs = {args.num_train_epochs}")
     logger.info(f"  Total train batch size (w. parallel & accumulation) = {total_batch_size}")
     logger.info(f"  Total optimization steps = {args.max_train_steps}")
     if args.resume_from_checkpoint and checkpoint is None:

@@ -67,6 +67,18 @@ def speed_patch_features(r: dict) -> str:
     )
 
 
+def speed_data_parallel(r: dict) -> str:
+    rows = [[n, f"{r['extraction_seconds'][n]:.1f}", f"{r['images_per_second'][n]:.2f}"] for n in ("1", "2")]
+    t = r["task_weight_reduction"]
+    return (
+        f"### Data parallelism on CPU (gloo): patch features of {r['images']} images shared by the processes, and eq. 6's "
+        "statistics reduced across them\n\n" + table(["processes", "extraction (s)", "images / s"], rows)
+        + f"\n\n2 / 1: **{r['speedup_2_vs_1']:.2f}x**. Training step, 2 processes: {t['ms_per_step_local']:.0f} ms without "
+        f"the reduction, {t['ms_per_step_reduced']:.0f} ms with it ({t['extra_ms_per_step']:+.1f} ms, "
+        f"{t['extra_percent']:+.1f} %); the all-reduce alone {t['all_reduce_ms']:.2f} ms. {load_note(r)}"
+    )
+
+
 def speed_retrieval_protocol(r: dict) -> str:
     rows = []
     for name, s in r["sizes"].items():
@@ -218,6 +230,7 @@ RENDERERS = {
     "probe_activity_descriptor": probe_activity_descriptor,
     "speed_fashionbert": speed_fashionbert,
     "speed_patch_features": speed_patch_features,
+    "speed_data_parallel": speed_data_parallel,
     "speed_retrieval_protocol": speed_retrieval_protocol,
     "speed_map_ivr_gallery": speed_map_ivr_gallery,
     "quality_map_ivr": quality_map_ivr,

@@ -748,9 +748,11 @@ def test_gradient_weighting_under_distributed_data_parallel(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         ddp = DistributedDataParallel(wrapped)
-        for step in range(2):  # DDP reports unused parameters on the step after they went unused
+        for step in range(4):  # DDP reports unused parameters on the step after they went unused
             if step == 1:
                 targets["mpm_mask"] = torch.zeros_like(targets["mpm_mask"])  # MPM absent
+            if step == 2:  # MLM absent with labels given (the alignment warm-up's unmasked batches): sparse prediction
+                targets["labels"] = torch.full_like(targets["labels"], -100)  # runs the head on no row
             a, b = plain(**inputs, **targets), ddp(**inputs, **targets)
             a.loss.backward()
             b.loss.backward()

@@ -127,10 +127,12 @@ def fashion_scenarios(tiny_bert: Path, tmp: Path) -> list[tuple[list[str], type[
              "--subcategory_column", "kind", "--product_id_column", "sku", "--on_bad_rows", "skip",
              "--per_device_train_batch_size", "4", "--max_train_steps", "1", "--num_eval_negatives", "3",
              "--output_dir", str(tmp / "files")]  # fmt: skip
+    streamed = [*files[: files.index("--output_dir")], "--streaming", "--shuffle_buffer_size", "4", "--dataloader_num_workers", "1",
+                "--output_dir", str(tmp / "streamed")]  # fmt: skip
     # Data sources that fail to load here still read their flags first.
     hub_dataset = ["--dataset_name", str(tmp / "missing"), "--dataset_config_name", "default", "--output_dir", str(tmp / "x")]
     fashiongen = ["--fashiongen_h5", str(tmp / "missing.h5"), "--output_dir", str(tmp / "y")]
-    return [(new_model, None), (resumed, None), (loaded, None), (files, None), (hub_dataset, Exception), (fashiongen, Exception)]
+    return [(new_model, None), (resumed, None), (loaded, None), (files, None), (streamed, None), (hub_dataset, Exception), (fashiongen, Exception)]
 
 
 def map_ivr_scenarios(tmp: Path) -> list[tuple[list[str], type[Exception] | None]]:
@@ -218,6 +220,15 @@ def test_resolution_only_flags_change_the_resolved_arguments():
         (["--model_type", "map_ivr", "--num_eval_negatives", "5"], "--num_eval_negatives"),
         (["--max_train_samples", "0"], "--max_train_samples"),
         (["--checkpointing_steps", "often"], "--checkpointing_steps"),
+        (["--streaming"], "--streaming"),
+        (["--shuffle_buffer_size", "10"], "--shuffle_buffer_size"),
+        (["--dataloader_num_workers", "2"], "--dataloader_num_workers"),
+        (["--train_file", "t.csv", "--streaming", "--num_train_epochs", "2"], "--num_train_epochs"),
+        (["--train_file", "t.csv", "--streaming", "--max_train_steps", "5", "--checkpointing_steps", "epoch"], "--checkpointing_steps"),
+        (["--train_file", "t.csv", "--streaming", "--recipe", "paper"], "--max_train_steps"),
+        (["--train_file", "t.csv", "--streaming", "--preprocessing_num_workers", "2"], "--preprocessing_num_workers"),
+        (["--train_file", "t.csv", "--streaming", "--shuffle_buffer_size", "0"], "--shuffle_buffer_size"),
+        (["--model_type", "map_ivr", "--train_file", "t.parquet", "--streaming"], "--streaming"),
     ],
 )
 def test_flags_that_would_be_ignored_are_refused_in_one_line(argv, flag, capsys):

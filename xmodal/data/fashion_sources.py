@@ -29,13 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ._common import map_to_columns, split_files
+from ._common import map_rows, map_to_columns, split_files
 
 
 __all__ = [
     "BadRow",
     "FASHIONGEN_KEYS",
     "load_fashion_dataset",
+    "load_fashion_streams",
     "load_fashiongen_h5",
     "load_fashiongen",
     "decode_fashiongen_text",
@@ -99,6 +100,8 @@ def _image_problem(value, decode: bool) -> str | None:
     """Why an image cell cannot be used, or None. `value` is {"bytes", "path"} (undecoded Image)."""
     if value is None:
         return "missing image"
+    if isinstance(value, (str, bytes)):  # a streamed row, before the Image cast: a path or the file's bytes
+        value = {"path": value, "bytes": None} if isinstance(value, str) else {"bytes": value, "path": None}
     data, path = value.get("bytes"), value.get("path")
     if data is None and not path:
         return "missing image"
@@ -199,8 +202,9 @@ def _drop_bad_rows(dataset, split: str, source: str, on_bad_rows: str) -> tuple:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_file, test_file, cache_dir):
-    """{split: (Dataset, base directory for relative image paths or None, description)}."""
+def _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_file, test_file, cache_dir, streaming=False):
+    """{split: (Dataset, base directory for relative image paths or None, description)}; with `streaming`, the
+    splits are `IterableDataset`s read as they are iterated."""
     import datasets
 
     def from_file(path: str, split: str):
@@ -212,7 +216,7 @@ def _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_f
         if not os.path.isfile(path):
             raise ValueError(f"data file {path!r} does not exist")
         builder, kwargs = _DATA_FILE_BUILDERS[ext]
-        ds = datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
+        ds = datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, streaming=streaming, **kwargs)
         return ds, os.path.dirname(os.path.abspath(path)), f"file {path!r}"
 
     if dataset_name is not None:
@@ -220,9 +224,9 @@ def _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_f
             raise ValueError("pass either dataset_name or train_file/validation_file/test_file, not both")
         if os.path.isfile(dataset_name):
             return {"train": from_file(dataset_name, "train")}
-        loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-        if isinstance(loaded, datasets.Dataset):
-            loaded = datasets.DatasetDict({"train": loaded})
+        loaded = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
+        if isinstance(loaded, (datasets.Dataset, datasets.IterableDataset)):
+            loaded = {"train": loaded}
         base = os.path.abspath(dataset_name) if os.path.isdir(dataset_name) else None
         return {split: (ds, base, f"dataset {dataset_name!r}") for split, ds in loaded.items()}
     return {split: from_file(path, split) for split, path in split_files(train_file, validation_file, test_file).items()}
@@ -250,6 +254,65 @@ def _optional_column(ds, column, default: str | None, argument: str, split: str,
         logger.warning("No %r column in split %r of %s: %s.", column, split, source, fallback)
         return None
     _check_column(ds, column, argument, split, source)  # an explicitly named column must exist
+
+
+def _checked_rows(ds, split: str, base: str | None, source: str, image_column: str, caption_column: str,
+                  subcategory_column: str | None, product_id_column: str | None, category_column: str | None,
+                  validate_images: bool, num_proc: int | None):
+    """One split (a `Dataset` or a streamed `IterableDataset`) as canonical rows with a problem column: the columns
+    checked, relative image paths resolved against `base`, every row checked (`_canonical_batch`)."""
+    import datasets
+
+    _check_column(ds, image_column, "image_column", split, source)
+    _check_column(ds, caption_column, "caption_column", split, source)
+    caption_type = ds.features[caption_column]
+    if not (isinstance(caption_type, datasets.Value) and caption_type.dtype in ("string", "large_string")):
+        raise ValueError(
+            f"column {caption_column!r} (caption_column) of split {split!r} of {source} must hold text, "
+            f"it has type {caption_type}"
+        )
+    sub_col = _optional_column(ds, subcategory_column, "subcategory", "subcategory_column", split, source,
+                               "sub-categories unknown, negatives are drawn from random other products")
+    pid_col = _optional_column(ds, product_id_column, "product_id", "product_id_column", split, source,
+                               "product_id = row index (every row its own product)")
+    if category_column is not None:
+        _check_column(ds, category_column, "category_column", split, source)
+
+    image_type = ds.features[image_column]
+    if isinstance(image_type, datasets.Value) and image_type.dtype in ("string", "large_string"):
+        if base is not None:
+            kept = {"features": ds.features} if isinstance(ds, datasets.IterableDataset) else {}  # a stream's map drops them
+            ds = map_rows(ds, _absolute_paths, batched=True, fn_kwargs={"column": image_column, "base": base},
+                          desc="Resolving image paths", **kept)
+    elif not (isinstance(image_type, datasets.Image) or (
+            isinstance(image_type, datasets.Value) and image_type.dtype in ("binary", "large_binary"))
+            or isinstance(image_type, dict)):
+        raise ValueError(
+            f"column {image_column!r} (image_column) of split {split!r} of {source} must hold images, image "
+            f"paths or image bytes, it has type {image_type}"
+        )
+    try:
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"column {image_column!r} (image_column) of split {split!r} of {source} cannot be read as images: {error}"
+        ) from error
+
+    features = fashion_row_features(category_column is not None)
+    features["image"] = datasets.Image(decode=False)
+    features[_PROBLEM] = datasets.Value("string")
+    ds = map_to_columns(
+        ds,
+        _canonical_batch,
+        features,
+        num_proc,
+        with_indices=True,
+        fn_kwargs=dict(image_column=image_column, caption_column=caption_column, subcategory_column=sub_col,
+                       product_id_column=pid_col, category_column=category_column,
+                       validate_images=validate_images),
+        desc=f"Checking {split} rows",
+    )
+    return ds
 
 
 def load_fashion_dataset(
@@ -304,58 +367,60 @@ def load_fashion_dataset(
         raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
     raw = _load_raw_splits(dataset_name, dataset_config_name, train_file, validation_file, test_file, cache_dir)
     out, all_bad = {}, {}
+    columns = dict(image_column=image_column, caption_column=caption_column, subcategory_column=subcategory_column,
+                   product_id_column=product_id_column, category_column=category_column)
     for split, (ds, base, source) in raw.items():
-        _check_column(ds, image_column, "image_column", split, source)
-        _check_column(ds, caption_column, "caption_column", split, source)
-        caption_type = ds.features[caption_column]
-        if not (isinstance(caption_type, datasets.Value) and caption_type.dtype in ("string", "large_string")):
-            raise ValueError(
-                f"column {caption_column!r} (caption_column) of split {split!r} of {source} must hold text, "
-                f"it has type {caption_type}"
-            )
-        sub_col = _optional_column(ds, subcategory_column, "subcategory", "subcategory_column", split, source,
-                                   "sub-categories unknown, negatives are drawn from random other products")
-        pid_col = _optional_column(ds, product_id_column, "product_id", "product_id_column", split, source,
-                                   "product_id = row index (every row its own product)")
-        if category_column is not None:
-            _check_column(ds, category_column, "category_column", split, source)
-
-        image_type = ds.features[image_column]
-        if isinstance(image_type, datasets.Value) and image_type.dtype in ("string", "large_string"):
-            if base is not None:
-                ds = ds.map(_absolute_paths, batched=True, fn_kwargs={"column": image_column, "base": base},
-                            desc="Resolving image paths")
-        elif not (isinstance(image_type, datasets.Image) or (
-                isinstance(image_type, datasets.Value) and image_type.dtype in ("binary", "large_binary"))
-                or isinstance(image_type, dict)):
-            raise ValueError(
-                f"column {image_column!r} (image_column) of split {split!r} of {source} must hold images, image "
-                f"paths or image bytes, it has type {image_type}"
-            )
-        try:
-            ds = ds.cast_column(image_column, datasets.Image(decode=False))
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"column {image_column!r} (image_column) of split {split!r} of {source} cannot be read as images: {error}"
-            ) from error
-
-        features = fashion_row_features(category_column is not None)
-        features["image"] = datasets.Image(decode=False)
-        features[_PROBLEM] = datasets.Value("string")
-        ds = map_to_columns(
-            ds,
-            _canonical_batch,
-            features,
-            num_proc,
-            with_indices=True,
-            fn_kwargs=dict(image_column=image_column, caption_column=caption_column, subcategory_column=sub_col,
-                           product_id_column=pid_col, category_column=category_column,
-                           validate_images=validate_images),
-            desc=f"Checking {split} rows",
-        )
+        ds = _checked_rows(ds, split, base, source, validate_images=validate_images, num_proc=num_proc, **columns)
         out[split], all_bad[split] = _drop_bad_rows(ds, split, source, on_bad_rows)
     result = datasets.DatasetDict(out)
     return (result, all_bad) if return_bad_rows else result
+
+
+def load_fashion_streams(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_file: str | None = None,
+    image_column: str = "image",
+    caption_column: str = "text",
+    subcategory_column: str | None = "subcategory",
+    product_id_column: str | None = "product_id",
+    on_bad_rows: str = "raise",
+    cache_dir: str | None = None,
+) -> dict:
+    """
+    The splits of `load_fashion_dataset`'s sources (`dataset_name`, or `train_file` as "train") as streams,
+    `{split: datasets.IterableDataset}`: read as they are iterated, never whole on disk. Same canonical rows (`image`
+    left undecoded: `{"bytes", "path"}`), same column checks, and the same row checks except the full image decode
+    (an undecodable image fails where it is decoded). A bad row raises a `ValueError` naming it when it is read, or
+    with `on_bad_rows="skip"` is dropped with a warning; `product_id` falls back to the row's index in the stream.
+    """
+    if on_bad_rows not in ("raise", "skip"):
+        raise ValueError(f"on_bad_rows must be 'raise' or 'skip', got {on_bad_rows!r}")
+    raw = _load_raw_splits(dataset_name, dataset_config_name, train_file, None, None, cache_dir, streaming=True)
+    columns = dict(image_column=image_column, caption_column=caption_column, subcategory_column=subcategory_column,
+                   product_id_column=product_id_column, category_column=None)
+    streams = {}
+    for split, (ds, base, source) in raw.items():
+        if ds.features is None:  # csv / json streams know their columns only once a row is read
+            ds = ds._resolve_features()
+        ds = _checked_rows(ds, split, base, source, validate_images=False, num_proc=None, **columns)
+        check = _raise_on_problem if on_bad_rows == "raise" else _warn_on_problem
+        streams[split] = ds.filter(check, input_columns=[_PROBLEM], with_indices=True, fn_kwargs={"split": split, "source": source})
+        streams[split] = streams[split].remove_columns(_PROBLEM)
+    return streams
+
+
+def _raise_on_problem(problem: str | None, index: int, split: str, source: str) -> bool:
+    if problem is not None:
+        raise ValueError(f"bad row in split {split!r} of {source} (streamed): row {index}: {problem}. Fix the data or "
+                         "pass on_bad_rows='skip' to drop bad rows.")  # fmt: skip
+    return True
+
+
+def _warn_on_problem(problem: str | None, index: int, split: str, source: str) -> bool:
+    if problem is not None:
+        logger.warning("Skipped bad row %d of split %r of %s (streamed): %s", index, split, source, problem)
+    return problem is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ BERT's attention interface.
 import copy
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -743,11 +744,15 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
 
     Adaptive weights (`task_weighting="gradient"`) are computed inside `forward` with `torch.autograd.grad` w.r.t.
     the last hidden states (`retain_graph=True`): gradients are returned, never accumulated into `.grad`, so
-    DistributedDataParallel's reducer hooks do not fire and a single `loss.backward()` follows as usual. Each process
-    weighs its own local batch (no collective inside `forward`) and keeps its own running means of the norms (the
-    buffer `task_gradient_norm_mean`, saved with the weights). A task absent from a batch contributes a zero
-    loss still attached to its head, so every trainable parameter receives a (zero) gradient and DDP needs no
-    `find_unused_parameters`. The frozen patch encoder has `requires_grad=False` and is outside DDP's reducer.
+    DistributedDataParallel's reducer hooks do not fire and a single `loss.backward()` follows as usual. By default
+    each process weighs its own local batch and keeps its own running means of the norms (the buffer
+    `task_gradient_norm_mean`, saved with the weights). Under data parallelism, set `task_statistics_reducer` to a
+    function that sums a tensor over the processes (train.py passes accelerate's `reduce(..., "sum")`): the per-task
+    gradient statistics are then reduced before eq. 6, so every process uses the weights (and running means) that one
+    process would compute on the global batch. The model itself never calls a collective. A task absent from a batch
+    contributes a zero loss still attached to its head, so every trainable parameter receives a (zero) gradient and
+    DDP needs no `find_unused_parameters`. The frozen patch encoder has `requires_grad=False` and is outside DDP's
+    reducer.
     With fp16 autocast the task gradients are taken on the unscaled losses and may underflow to 0 (the guard then
     gives equal weights); bf16 or fp32 do not have this problem.
     """
@@ -766,6 +771,9 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         self.tasks = TASKS if config.contrastive_projection_dim is not None else TASKS[:3]
         # Running mean of each task's gradient norm (task_weighting="gradient"); saved, so a resumed run continues it.
         self.register_buffer("task_gradient_norm_mean", torch.zeros(len(self.tasks)))
+        # Sums a tensor over the data-parallel processes (e.g. `lambda t: accelerator.reduce(t, "sum")`); None = this
+        # process alone. Injected by the trainer, not saved: the model folder must not depend on torch.distributed.
+        self.task_statistics_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -833,11 +841,11 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
 
         loss = mlm_loss = mpm_loss = tia_loss = itc_loss = task_weights = None
         if labels is not None or mpm_mask is not None or alignment_labels is not None:
-            mlm_loss, mlm_present = self._mlm_loss(mlm_logits, mlm_targets)
-            mpm_loss, mpm_present = self._mpm_loss(mpm_logits, features, mpm_mask, patch_mask, aligned)
-            tia_loss, tia_present = self._tia_loss(tia_logits, alignment_labels)
+            mlm_loss, mlm_count = self._mlm_loss(mlm_logits, mlm_targets)
+            mpm_loss, mpm_count = self._mpm_loss(mpm_logits, features, mpm_mask, patch_mask, aligned)
+            tia_loss, tia_count = self._tia_loss(tia_logits, alignment_labels)
             task_losses = [mlm_loss, mpm_loss, tia_loss]
-            present = [mlm_present, mpm_present, tia_present]
+            counts = [mlm_count, mpm_count, tia_count]  # items each loss averages over; 0 = task absent
             shared_states = [(sequence_output,)] * 3  # what each task's head reads (for task_weighting="gradient")
             if "itc" in self.tasks:
                 if input_ids is None:
@@ -845,15 +853,14 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
                         "The image-text contrastive task (`contrastive_projection_dim`) needs `input_ids`: it encodes "
                         "the unmasked text alone, restored from the ids and `labels`. Pass them, not `inputs_embeds`."
                     )
-                itc_loss, itc_present, unimodal_states = self._itc_loss(
+                itc_loss, itc_count, unimodal_states = self._itc_loss(
                     input_ids, attention_mask, token_type_ids, labels, features, patch_mask, aligned
                 )
                 task_losses.append(itc_loss)
-                present.append(itc_present)
+                counts.append(itc_count)
                 shared_states.append(unimodal_states)
             losses = torch.stack(task_losses)
-            present = torch.tensor(present, device=losses.device)
-            weights = self._task_weights(losses, present, shared_states)
+            weights = self._task_weights(losses, torch.tensor(counts, device=losses.device), shared_states)
             loss = (weights * losses).sum()
             task_weights = weights.detach()
 
@@ -880,12 +887,15 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             labels = labels.masked_fill(~aligned.unsqueeze(1), -100)
         return labels
 
-    def _mlm_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-        """MLM cross-entropy over the labelled tokens (mean), and whether there were any."""
-        if labels is None or not (labels != -100).any():
-            return _zero_loss_like(self.cls.predictions.bias if logits.numel() == 0 else logits), False
+    def _mlm_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """MLM cross-entropy over the labelled tokens (mean), and how many there were."""
+        count = 0 if labels is None else int((labels != -100).sum())
+        if count == 0:
+            # Also when sparse prediction left no row (`logits` empty): the head still ran, so every one of its
+            # parameters gets a zero gradient (DDP would stop on the transform's otherwise).
+            return _zero_loss_like(logits), 0
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
-        return loss, True
+        return loss, count
 
     def _mpm_loss(
         self,
@@ -894,25 +904,26 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         mpm_mask: torch.Tensor | None,
         patch_mask: torch.Tensor | None,
         aligned: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, bool]:
-        """MPM KL (eq. 2 or the code's direction) averaged over masked real patches of aligned rows."""
+    ) -> tuple[torch.Tensor, int]:
+        """MPM KL (eq. 2 or the code's direction) averaged over masked real patches of aligned rows, and their count."""
         if mpm_mask is None:
-            return _zero_loss_like(logits), False
+            return _zero_loss_like(logits), 0
         selected = mpm_mask.to(logits.device).bool()
         if patch_mask is not None:
             selected = selected & patch_mask.to(logits.device).bool()
         if aligned is not None:
             selected = selected & aligned.unsqueeze(1)
-        if not selected.any():
-            return _zero_loss_like(logits), False
+        count = int(selected.sum())
+        if count == 0:
+            return _zero_loss_like(logits), 0
         kl = masked_patch_kl(logits[selected], features.to(logits.device)[selected], self.config.mpm_kl_direction)
-        return kl.mean(), True
+        return kl.mean(), count
 
-    def _tia_loss(self, logits: torch.Tensor, alignment_labels: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
-        """Two-way alignment cross-entropy (class 0 = aligned, as BERT's NSP)."""
+    def _tia_loss(self, logits: torch.Tensor, alignment_labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """Two-way alignment cross-entropy (class 0 = aligned, as BERT's NSP), and the number of pairs."""
         if alignment_labels is None or alignment_labels.numel() == 0:
-            return _zero_loss_like(logits), False
-        return F.cross_entropy(logits.float(), alignment_labels.to(logits.device).long().reshape(-1)), True
+            return _zero_loss_like(logits), 0
+        return F.cross_entropy(logits.float(), alignment_labels.to(logits.device).long().reshape(-1)), alignment_labels.numel()
 
     def _itc_loss(
         self,
@@ -923,17 +934,18 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         features: torch.Tensor,
         patch_mask: torch.Tensor | None,
         aligned: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, bool, tuple[torch.Tensor, ...]]:
+    ) -> tuple[torch.Tensor, int, tuple[torch.Tensor, ...]]:
         """
         The image-text contrastive loss of the aligned rows, each modality encoded alone, from the inputs before MLM
         and MPM masking (the original token ids are restored from `labels`; MPM zeroes features only inside the
-        joint pass). Also returns the unimodal last hidden states (what this task's heads read).
+        joint pass), the number of those rows (0 below two: no negatives), and the unimodal last hidden states (what
+        this task's heads read).
         """
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if aligned is not None:
             rows = rows[aligned]
         if rows.numel() < 2:
-            return _zero_loss_like(self.bert.logit_scale), False, ()
+            return _zero_loss_like(self.bert.logit_scale), 0, ()
         ids = input_ids[rows]
         if labels is not None:
             original = labels[rows]  # -100 where not predicted (also where MLM was dropped for a non-aligned row)
@@ -952,13 +964,18 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             self.bert.logit_scale,
             same_text,
         )
-        return loss, True, (text_states, image_states)
+        return loss, rows.numel(), (text_states, image_states)
 
     def _task_weights(
-        self, losses: torch.Tensor, present: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
+        self, losses: torch.Tensor, counts: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
     ) -> torch.Tensor:
-        """`(num_tasks,)` weights: 0 for absent tasks, the rule of `config.task_weighting` for the rest."""
+        """`(num_tasks,)` weights: 0 for absent tasks (count 0), the rule of `config.task_weighting` for the rest."""
+        norms = None
+        if self.config.task_weighting == "gradient" and self.training and torch.is_grad_enabled():
+            # Before the early return below: with a reducer every process must join the collective.
+            norms, counts = self._task_gradient_norms(losses, counts, shared_states)
         weights = torch.zeros(len(losses), dtype=losses.dtype, device=losses.device)
+        present = counts > 0
         if not present.any():
             return weights
         index = present.nonzero().flatten()
@@ -968,32 +985,46 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         elif self.config.task_weighting == "loss_softmax":
             present_weights = loss_softmax_task_weights(losses[index])
         else:
-            norms = self._relative_task_gradient_norms(losses, index, shared_states)
-            present_weights = equal if norms is None else gradient_task_weights(norms).to(losses)
+            relative = None if norms is None else self._relative_to_running_means(norms, index)
+            present_weights = equal if relative is None else gradient_task_weights(relative).to(losses)
         return weights.index_put((index,), present_weights)
 
-    def _relative_task_gradient_norms(
-        self, losses: torch.Tensor, index: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
-    ) -> torch.Tensor | None:
+    def _task_gradient_norms(
+        self, losses: torch.Tensor, counts: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        For each present task `i`: `g_i / m_i`, the L2 norm of its loss's gradient w.r.t. the last hidden states its
-        heads read (`shared_states[i]`: the joint pass for MLM, MPM and TIA; the two unimodal passes for ITC),
-        divided by the running mean `m_i` of that norm (updated here, momentum `config.task_gradient_momentum`).
-        None (-> equal weights) outside training or with gradients disabled.
+        For each task: `g_i`, the L2 norm of its loss's gradient w.r.t. the last hidden states its heads read
+        (`shared_states[i]`: the joint pass for MLM, MPM and TIA; the two unimodal passes for ITC), 0 when absent; and
+        the counts. With `task_statistics_reducer`, `g_i` is the norm for the global batch and the counts are summed
+        over the processes.
         """
-        if not (self.training and torch.is_grad_enabled()):
-            return None
-        relative = []
-        for task in index.tolist():
+        squared_norms = torch.zeros(len(losses), dtype=torch.float64, device=losses.device)
+        for task in counts.nonzero().flatten().tolist():
             task_loss, states = losses[task], [t for t in shared_states[task] if t.requires_grad]
-            norm = torch.zeros((), dtype=torch.float64, device=losses.device)
             if task_loss.requires_grad and states:
                 # Gradients w.r.t. activations, not parameters: cheap (only the heads' backward runs), nothing is
                 # accumulated into .grad (DDP's hooks do not fire), and the graph is kept for the caller's backward.
                 grads = torch.autograd.grad(task_loss, states, retain_graph=True, allow_unused=True)
                 squared = sum(g.detach().to(torch.float64).pow(2).sum() for g in grads if g is not None)
-                norm = torch.nan_to_num(torch.as_tensor(squared, dtype=torch.float64, device=losses.device).sqrt(), posinf=math.inf)
-            mean = self.task_gradient_norm_mean[task].to(torch.float64)
+                squared_norms[task] = torch.as_tensor(squared, dtype=torch.float64, device=losses.device)
+        if self.task_statistics_reducer is None:
+            return torch.nan_to_num(squared_norms.sqrt(), posinf=math.inf), counts
+        counts = counts.to(torch.float64)
+        # Process p's loss is a mean over its n_p items, so the global batch's loss (the mean over all N items) has
+        # gradient (n_p / N) g_p w.r.t. p's states. The processes' states are disjoint, hence
+        # ||g||^2 = sum_p n_p^2 ||g_p||^2 / N^2: reduce n_p^2 ||g_p||^2 and n_p, not the norms themselves.
+        squared_norms = torch.nan_to_num(squared_norms, posinf=math.inf)
+        totals = self.task_statistics_reducer(torch.stack([counts.square() * squared_norms, counts]))
+        return totals[0].sqrt() / totals[1].clamp_min(1.0), totals[1]
+
+    def _relative_to_running_means(self, norms: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """
+        `g_i / m_i` for the present tasks `index`: each norm divided by the running mean `m_i` of that norm (updated
+        here with the finite norms, momentum `config.task_gradient_momentum`; the first norm starts it, giving 1).
+        """
+        relative = []
+        for task in index.tolist():
+            norm, mean = norms[task], self.task_gradient_norm_mean[task].to(torch.float64)
             if math.isfinite(norm.item()):
                 momentum = self.config.task_gradient_momentum
                 updated = norm if mean <= 0 else momentum * mean + (1 - momentum) * norm

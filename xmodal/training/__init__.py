@@ -2,7 +2,7 @@
 
 `MODEL_TRAINING` maps `--model_type` to its module (`fashionbert`, `map_ivr`); both define the functions named in
 `TRAINING_FUNCTIONS` (`add_arguments`, `resolve_arguments`, `load_splits`, `build_model`, `prepare_datasets`,
-`check_before_training`, `build_collator`, `new_learning_rate_multiplier`, `describe`, `training_loss`, `evaluate`,
+`check_before_training`, `connect_processes`, `build_collator`, `new_learning_rate_multiplier`, `describe`, `training_loss`, `evaluate`,
 `save_figures`, `model_card`, `summary_lines`, `run_title`) and the constants `MODEL_CLASS`, `SYNTHETIC_DATASET`.
 """
 
@@ -21,6 +21,7 @@ from .checkpoints import (
 from .common import DEFAULT_SEED, TRAINING_FUNCTIONS, TrainingRun, evaluation_split, first_rows, loss_terms, refuse_flags
 from .fashionbert import FASHIONBERT_RECIPES, FashionBertRecipe, alignment_warmup_loss
 from .optimization import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
+from .streaming import StreamLoader
 
 MODEL_TRAINING = {"fashionbert": fashionbert, "map_ivr": map_ivr}
 
@@ -33,6 +34,7 @@ __all__ = [
     "FASHIONBERT_RECIPES",
     "FashionBertRecipe",
     "MODEL_TRAINING",
+    "StreamLoader",
     "TRAINING_FUNCTIONS",
     "TrainingRun",
     "alignment_warmup_loss",

@@ -10,7 +10,7 @@ import argparse
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "evaluation_split",
     "first_rows",
     "loss_terms",
+    "process_sum",
     "refuse_flags",
     "training_curve_figures",
 ]
@@ -36,7 +37,7 @@ __all__ = [
 # calls them; each module also has the constants MODEL_CLASS and SYNTHETIC_DATASET.
 TRAINING_FUNCTIONS = (
     "add_arguments", "resolve_arguments", "load_splits", "build_model", "prepare_datasets", "check_before_training",
-    "build_collator", "new_learning_rate_multiplier", "describe", "training_loss", "evaluate", "save_figures",
+    "connect_processes", "build_collator", "new_learning_rate_multiplier", "describe", "training_loss", "evaluate", "save_figures",
     "model_card", "summary_lines", "run_title",
 )  # fmt: skip
 # train.py's --seed, and so the seed of the synthetic test beds it trains on (app.py shows their test splits).
@@ -79,11 +80,13 @@ def evaluation_split(raw: datasets.DatasetDict) -> str:
     raise ValueError(f"no non-empty evaluation split ('test' or 'validation'): the data has {sizes}; pass --validation_file")
 
 
-def first_rows(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    """The first `limit` rows of `dataset` (all of them when `limit` is None or larger)."""
-    if limit is None or limit >= len(dataset):
+def first_rows(dataset: datasets.Dataset | datasets.IterableDataset, limit: int | None) -> datasets.Dataset | datasets.IterableDataset:
+    """The first `limit` rows of `dataset` (all of them when `limit` is None or larger); a stream's first `limit`."""
+    if limit is None:
         return dataset
-    return dataset.select(range(limit))
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(limit)
+    return dataset if limit >= len(dataset) else dataset.select(range(limit))
 
 
 def loss_terms(outputs: Any, loss: torch.Tensor, weights: torch.Tensor | None) -> dict[str, float]:
@@ -97,6 +100,16 @@ def loss_terms(outputs: Any, loss: torch.Tensor, weights: torch.Tensor | None) -
         for task, weight in zip(TASK_WEIGHT_NAMES, weights.detach().tolist()):
             terms[f"weight_{task}"] = weight
     return terms
+
+
+def process_sum(accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function summing a tensor over the accelerator's processes (what a model's collective-free code is given)."""
+
+    # A closure, not a bound method or partial: a deep copy of the model that holds it must not copy the accelerator.
+    def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(tensor, reduction="sum")
+
+    return reduce_sum
 
 
 def code_version() -> str:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -14,12 +15,14 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import Accelerator
 from transformers import AutoTokenizer
 
 from ..data.collators import FashionBertPretrainingCollator
-from ..data.fashion_sources import load_fashion_dataset, load_fashiongen
+from ..data.fashion_sources import load_fashion_dataset, load_fashion_streams, load_fashiongen
 from ..data.fashion_synthetic import make_fashion_dataset
-from ..data.preprocessing import add_fashionbert_inputs
+from ..data.preprocessing import add_fashionbert_inputs, fashionbert_input_encoder
+from ..data.streaming import TrainingStream
 from ..evaluation.fashion_retrieval import evaluate_fashion_retrieval, representative_rows
 from ..fashionbert import (
     FashionBertConfig,
@@ -29,7 +32,16 @@ from ..fashionbert import (
     FashionBertProcessor,
 )
 from ..fashionbert.modeling_fashionbert import TASKS
-from .common import TRAINING_FUNCTIONS, TrainingRun, card_fields, card_metrics, dataset_arguments, refuse_flags, training_curve_figures
+from .common import (
+    TRAINING_FUNCTIONS,
+    TrainingRun,
+    card_fields,
+    card_metrics,
+    dataset_arguments,
+    process_sum,
+    refuse_flags,
+    training_curve_figures,
+)
 
 __all__ = [
     *TRAINING_FUNCTIONS,
@@ -244,6 +256,8 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         raise ValueError("--fashiongen_h5: give one data source, not also --dataset_name / --train_file")
     if real_data:
         refuse_flags(SYNTHETIC_FLAGS, given, "applies only to the synthetic test bed (no --dataset_name / --train_file / --fashiongen_h5)")
+    if args.streaming:
+        refuse_flags(("preprocessing_num_workers",), given, "needs a map-style dataset (cached features); with --streaming, --dataloader_num_workers computes them")
     if not args.do_eval:
         refuse_flags(EVALUATION_FLAGS, given, "applies only when evaluating (--do_eval true)")
     if args.model_name_or_path:
@@ -285,7 +299,23 @@ def load_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
         return load_fashiongen(args.fashiongen_h5, on_bad_rows=args.on_bad_rows), "Fashion-Gen"
     if args.dataset_name or args.train_file:
         columns = {name: getattr(args, name) for name in COLUMN_FLAGS}
-        return load_fashion_dataset(**dataset_arguments(args), **columns), args.dataset_name or args.train_file
+        source = args.dataset_name or args.train_file
+        if not args.streaming:
+            return load_fashion_dataset(**dataset_arguments(args), **columns), source
+        # The training split as a stream; the evaluation split map-style (the protocol needs random access): the
+        # --validation_file as usual (cached), or the dataset's own split read once into memory.
+        stream_arguments = {name: getattr(args, name) for name in ("dataset_name", "dataset_config_name", "train_file", "on_bad_rows")}
+        streams = load_fashion_streams(**stream_arguments, **columns)
+        if "train" not in streams:
+            raise ValueError(f"--streaming: {source!r} has no 'train' split to stream (it has {sorted(streams)})")
+        splits = {"train": streams["train"]}
+        if args.validation_file:
+            splits.update(load_fashion_dataset(validation_file=args.validation_file, on_bad_rows=args.on_bad_rows, **columns))
+        for name in ("validation", "test"):
+            if name in streams:
+                rows = datasets.Dataset.from_list(list(streams[name]), features=streams[name].features)
+                splits[name] = rows.cast_column("image", datasets.Image())
+        return splits, source
     raw = make_fashion_dataset(
         num_products=args.synthetic_num_products,
         views_per_product=args.synthetic_views_per_product,
@@ -343,13 +373,30 @@ def new_model(
 
 def prepare_datasets(
     args: argparse.Namespace, model: FashionBertForPreTraining, processor: FashionBertProcessor,
-    train_rows: datasets.Dataset, eval_rows: datasets.Dataset,
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Token ids and frozen patch features of both splits, computed once and cached by `datasets`."""
-    return tuple(
-        add_fashionbert_inputs(rows, processor, model, args.max_text_length, num_proc=args.preprocessing_num_workers)
-        for rows in (train_rows, eval_rows)
-    )
+    train_rows: datasets.Dataset | datasets.IterableDataset, eval_rows: datasets.Dataset, accelerator: Accelerator,
+) -> tuple[datasets.Dataset | TrainingStream, datasets.Dataset]:
+    """
+    Token ids and frozen patch features of both splits, computed once and cached by `datasets`: each process encodes
+    its shard on its own device, then every process reads the whole set back from the cache (`map_in_shards`). With
+    --streaming, the training split becomes this process's `TrainingStream`, encoded batch by batch as it is read.
+    """
+    if not args.preprocessing_num_workers or args.preprocessing_num_workers == 1:
+        # Encode on this process's device (`prepare` would move the model there anyway); forked map workers keep the
+        # model on the CPU, as CUDA cannot be used in a forked process.
+        model.to(accelerator.device)
+    shards = {"num_shards": accelerator.num_processes, "shard_index": accelerator.process_index, "wait_for_everyone": accelerator.wait_for_everyone}
+
+    def cached(rows: datasets.Dataset) -> datasets.Dataset:
+        return add_fashionbert_inputs(rows, processor, model, args.max_text_length, num_proc=args.preprocessing_num_workers, **shards)
+
+    if not args.streaming:
+        return cached(train_rows), cached(eval_rows)
+    # Forked DataLoader workers encode with a CPU copy of the model (CUDA cannot run in a forked process); without
+    # workers the main process encodes each batch on its device.
+    encoder = copy.deepcopy(model.base_model).cpu() if args.dataloader_num_workers else model
+    stream = TrainingStream(train_rows, fashionbert_input_encoder(processor, encoder, args.max_text_length),
+                            accelerator.num_processes, accelerator.process_index, args.seed, args.shuffle_buffer_size)  # fmt: skip
+    return stream, cached(eval_rows)
 
 
 def build_collator(
@@ -380,6 +427,15 @@ def check_before_training(args: argparse.Namespace, eval_dataset: datasets.Datas
             f"the evaluation split has {num_products} products; the protocol needs at least --num_eval_negatives + 1 = "
             f"{needed}: pass a smaller --num_eval_negatives, more evaluation rows (--max_eval_samples) or --do_eval false"
         )
+
+
+def connect_processes(model: FashionBertForPreTraining, accelerator: Accelerator) -> None:
+    """
+    Under data parallelism, eq. 6's per-task gradient statistics are summed over the processes before the weights
+    are computed, so every process uses the weights one process would use on the global batch (one all-reduce of
+    2 x num_tasks numbers per forward; see `FashionBertForPreTraining.task_statistics_reducer`).
+    """
+    model.task_statistics_reducer = process_sum(accelerator) if accelerator.num_processes > 1 else None
 
 
 def new_learning_rate_multiplier(args: argparse.Namespace) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate import Accelerator
 
 from ..data.activity_sources import activity_arrays, load_activity_dataset, load_apivr_features
 from ..data.activity_synthetic import make_activity_dataset
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
     """Fills MAP-IVR's defaults and refuses flags that would be ignored (`ValueError` naming the flag)."""
+    if args.streaming:
+        raise ValueError("--streaming: needs a map-style dataset for MAP-IVR, which fits its feature normalisation on the whole training split")
     if args.apivr_dir and (args.dataset_name or args.train_file):
         raise ValueError("--apivr_dir: give one data source, not also --dataset_name / --train_file")
     if (args.apivr_dir or args.dataset_name or args.train_file) and "synthetic_videos_per_class" in given:
@@ -96,10 +99,14 @@ def new_model(train_rows: datasets.Dataset, **config_overrides) -> tuple[MapIvrM
 
 def prepare_datasets(
     args: argparse.Namespace, model: MapIvrModel, processor: MapIvrFeatureExtractor,
-    train_rows: datasets.Dataset, eval_rows: datasets.Dataset,
+    train_rows: datasets.Dataset, eval_rows: datasets.Dataset, accelerator: Accelerator,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The rows as they are: the collator normalises each batch with the feature extractor."""
+    """The rows as they are: the collator normalises each batch with the feature extractor (nothing to share out)."""
     return train_rows, eval_rows
+
+
+def connect_processes(model: MapIvrModel, accelerator: Accelerator) -> None:
+    """Nothing: MAP-IVR's loss weights are fixed, no statistic needs the other processes."""
 
 
 def build_collator(
