@@ -6,6 +6,7 @@ the server is stopped; a third phase times one "Text -> images" query through th
     python bench/demo_startup.py --model outputs/fashionbert/final --catalogue_dir /tmp/demo_catalogue
 """
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from xmodal.benchmarking import add_output_argument, bench_parser, write_json
+from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,7 @@ def main() -> None:
                  "--num_products", str(args.num_products), "--no_activity"]  # fmt: skip
     log_dir = Path(args.catalogue_dir + "_logs")
     log_dir.mkdir(parents=True)
+    load_before = os.getloadavg()
     result = {"model": args.model, "num_products": args.num_products}
     result["first_start_seconds"] = timed_start(arguments, log_dir / "first.log", args.timeout)
     print(f"first start (render + index): {result['first_start_seconds']:.0f} s", flush=True)
@@ -81,6 +83,8 @@ def main() -> None:
         timings.append(time.perf_counter() - started)
     result["query_seconds"] = timings
     print(f"one query (index + re-rank of 100): {sorted(timings)[2]:.2f} s median", flush=True)
+    result["environment"] = run_environment(load_before)  # the app's threads: OMP_NUM_THREADS as inherited
+    result["environment"]["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
     write_json(args.output, result)
 
 
