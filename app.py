@@ -20,7 +20,6 @@ bad checkpoint path or image is reported as a message, not a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from collections import Counter

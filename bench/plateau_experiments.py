@@ -13,7 +13,7 @@ image) and, at the end, Rank@1 on a small protocol (40 queries x 21 candidates).
     python bench/plateau_experiments.py --tia_only --steps 100 --threads 1 --pool product --name product
 """
 import os
-import time, argparse, math
+import time, argparse
 import torch, numpy as np, datasets
 p = argparse.ArgumentParser()
 p.add_argument("--lr", type=float, default=1e-4); p.add_argument("--std", action="store_true")

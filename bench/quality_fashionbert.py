@@ -23,7 +23,6 @@ vocabulary or its renderer.
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import math

@@ -14,10 +14,7 @@ import torch
 from transformers import pipeline
 
 from xmodal import (
-    FashionBertForImageTextRetrieval,
-    FashionBertForPreTraining,
     FashionBertModel,
-    FashionBertProcessor,
     MapIvrConfig,
     MapIvrFeatureExtractor,
     MapIvrModel,

@@ -32,12 +32,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from xmodal import (
-    FashionBertConfig,
     FashionBertForImageTextRetrieval,
-    FashionBertForPreTraining,
-    FashionBertImageProcessor,
     FashionBertModel,
-    FashionBertProcessor,
     MapIvrConfig,
     MapIvrFeatureExtractor,
     MapIvrModel,
