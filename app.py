@@ -158,8 +158,6 @@ class FashionCatalogue:
         with atomic_directory(folder) as temporary:
             retriever.save_index(temporary / "images")
             retriever.save_text_index(temporary / "captions")
-        retriever.load_index(folder / "images")  # the saved gallery.json's paths, as a later start-up sees them
-        retriever.load_text_index(folder / "captions")
 
 
 def best_view_per_product(
