@@ -27,6 +27,7 @@ BATCH_KEYS = {
     "patch_mask",
     "mpm_mask",
     "alignment_labels",
+    "product_ids",
 }
 
 
@@ -133,6 +134,29 @@ def test_negative_rows_pair_anchor_text_with_partner_image(tokenizer):
         assert batch["patch_features"][row].unique().item() == float(image)
     for row in range(6):  # aligned rows: own text, own image
         assert batch["patch_features"][row].unique().item() == float(row)
+
+
+def test_product_ids_number_each_rows_image_product(tokenizer):
+    examples = make_examples(tokenizer, captions(5, seed=4), ["a", "a", "b", "b", "b"], ["p7", "p3", "p7", None, None])
+    batch = collator(tokenizer, mlm_probability=0.0, mpm_probability=0.0)(examples)
+    aligned = batch["product_ids"][:5].tolist()
+    assert aligned == [0, 1, 0, 2, 3]  # by first appearance; two views of p7 share a number, unknown ones get their own
+    for row in range(5, len(batch["product_ids"])):  # a negative row carries its image's product
+        image = int(batch["patch_features"][row].unique().item())
+        assert batch["product_ids"][row].item() == aligned[image]
+
+
+def test_hard_negative_phase_hands_the_negatives_to_the_model(tokenizer):
+    examples = make_examples(tokenizer, captions(4, seed=5), ["a"] * 4, [1, 2, 3, 4])
+    coll = collator(tokenizer, hard_negatives=2, hard_negatives_from_batch=2, mlm_probability=0.0, mpm_probability=0.0)
+    for _ in range(2):  # before the phase: the collator's own negatives, nothing asked of the model
+        batch = coll(examples)
+        assert batch["alignment_labels"].tolist() == [0] * 4 + [1] * 4 and "num_hard_negatives" not in batch
+    batch = coll(examples)  # from batch 2 on: aligned rows only, two mined negatives per pair
+    assert batch["alignment_labels"].tolist() == [0] * 4 and batch["num_hard_negatives"].item() == 2
+    assert batch["input_ids"].shape[0] == batch["product_ids"].shape[0] == 4
+    resumed = collator(tokenizer, hard_negatives=2, hard_negatives_from_batch=2, batches_collated=2)
+    assert resumed(examples)["num_hard_negatives"].item() == 2  # a resumed run continues in its phase
 
 
 # ---------------------------------------------------------------------- MLM
@@ -388,6 +412,8 @@ def test_mixed_image_keys_and_empty_batch(tokenizer):
         ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "mask_replace_prob"),
         ({"max_predictions": 0}, "max_predictions"),
         ({"negatives_per_example": -1}, "negatives_per_example"),
+        ({"hard_negatives": -1}, "hard_negatives"),
+        ({"hard_negatives_from_batch": 1.5}, "hard_negatives_from_batch"),
         ({"patch_grid": 0}, "patch_grid"),
         ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"),
         ({"generator": 3}, "generator"),

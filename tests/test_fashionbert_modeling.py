@@ -1029,3 +1029,109 @@ def test_contrastive_task_needs_two_aligned_rows_and_its_heads_round_trip(tmp_pa
         model.bert.get_image_embeddings(pixel_values=inputs["pixel_values"]),
     )
     torch.testing.assert_close(retrieval.bert.logit_scale, model.bert.logit_scale)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hard negatives mined from the contrastive similarities (ALBEF), and the fused score
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_hard_negatives_follow_the_softmax_of_the_allowed_similarities():
+    from xmodal.fashionbert.modeling_fashionbert import sample_hard_negatives
+
+    # Row 0: column 2 is the hardest allowed one (column 1 is its match); row 1: columns 0 and 2 allowed, 2 harder;
+    # row 2: nothing allowed.
+    logits = torch.tensor([[0.0, 9.0, 2.0, 1.0], [1.0, 5.0, 2.0, 0.0], [3.0, 3.0, 3.0, 3.0]])
+    allowed = torch.tensor([[False, False, True, True], [True, False, True, False], [False, False, False, False]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_hard_negatives(logits, allowed, 1, generator)[:, 0] for _ in range(4000)])
+    assert set(draws[:, 0].tolist()) == {2, 3} and set(draws[:, 1].tolist()) == {0, 2}  # never a match, never itself
+    assert (draws[:, 2] == -1).all()
+    expected_0 = torch.softmax(torch.tensor([2.0, 1.0]), 0)[0].item()  # 0.731
+    expected_1 = torch.softmax(torch.tensor([1.0, 2.0]), 0)[1].item()
+    assert abs((draws[:, 0] == 2).float().mean().item() - expected_0) < 0.03
+    assert abs((draws[:, 1] == 2).float().mean().item() - expected_1) < 0.03
+    # A wide gap makes the hardest the draw; several draws are distinct, -1 once a row runs out.
+    sharp = sample_hard_negatives(logits * 100, allowed, 3, generator)
+    assert sharp.tolist() == [[2, 3, -1], [2, 0, -1], [-1, -1, -1]]
+    with pytest.raises(ValueError, match="same shape"):
+        sample_hard_negatives(logits, allowed[:2])
+
+
+def mining_batch(config: FashionBertConfig) -> dict:
+    """Six aligned pairs (rows 1 and 2 show the same product) and one given negative (row 6)."""
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(5, tester.vocab_size, (7, 6), generator=generator)
+    input_ids[2] = input_ids[1]  # same product, same caption
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(7, 6, dtype=torch.long),
+        "pixel_values": torch.randn(7, 3, config.image_size, config.image_size, generator=generator),
+        "alignment_labels": torch.tensor([0, 0, 0, 0, 0, 0, 1]),
+        "product_ids": torch.tensor([0, 1, 1, 2, 3, 4, 0]),
+    }
+
+
+@pytest.mark.parametrize("num_hard_negatives", [1, 2, 3])
+def test_mined_negatives_are_appended_rows_scored_like_given_negatives(num_hard_negatives):
+    config = deterministic({"contrastive_projection_dim": 8, "task_weighting": "fixed"})
+    model = FashionBertForPreTraining(config).train()
+    batch = mining_batch(config)
+    torch.manual_seed(0)
+    output = model(**batch, num_hard_negatives=num_hard_negatives)
+    pairs = output.hard_negative_pairs
+    assert pairs.shape == (6 * num_hard_negatives, 2) and output.tia_logits.shape == (7 + len(pairs), 2)
+    # alternately an image for the pair's text and a text for its image, starting with an image on even rows
+    for anchor in range(6):
+        rows = pairs[num_hard_negatives * anchor : num_hard_negatives * (anchor + 1)]
+        for j, (text, image) in enumerate(rows.tolist()):
+            assert (text == anchor) if (anchor + j) % 2 == 0 else (image == anchor)
+            assert text != image and {text, image} != {1, 2}  # never a pair of one product
+    # The same rows given explicitly as negatives get the same scores: mining only chooses which pairs.
+    text_rows, image_rows = pairs.unbind(1)
+    explicit = {
+        "input_ids": torch.cat([batch["input_ids"], batch["input_ids"][text_rows]]),
+        "attention_mask": torch.cat([batch["attention_mask"], batch["attention_mask"][text_rows]]),
+        "pixel_values": torch.cat([batch["pixel_values"], batch["pixel_values"][image_rows]]),
+        "alignment_labels": torch.cat([batch["alignment_labels"], torch.ones(len(pairs), dtype=torch.long)]),
+        "product_ids": torch.cat([batch["product_ids"], batch["product_ids"][image_rows]]),
+    }
+    given = model(**explicit)
+    torch.testing.assert_close(output.tia_logits, given.tia_logits)
+    torch.testing.assert_close(output.tia_loss, given.tia_loss)
+    torch.testing.assert_close(output.itc_loss, given.itc_loss)
+
+
+def test_mining_needs_the_contrastive_heads_and_alignment_labels():
+    batch = mining_batch(deterministic())
+    with pytest.raises(ValueError, match="contrastive_projection_dim"):
+        FashionBertForPreTraining(deterministic()).train()(**batch, num_hard_negatives=1)
+    config = deterministic({"contrastive_projection_dim": 8})
+    without_labels = {k: v for k, v in batch.items() if k != "alignment_labels"}
+    with pytest.raises(ValueError, match="alignment_labels"):
+        FashionBertForPreTraining(config).train()(**without_labels, labels=torch.full((7, 6), -100), num_hard_negatives=1)
+
+
+def test_fused_score_blends_the_contrastive_logit_and_the_log_odds():
+    config = deterministic({"contrastive_projection_dim": 8, "contrastive_logit_scale_init": 1.0})
+    encoder = FashionBertModel(config)
+    log_odds, similarity = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 0.1])
+    torch.testing.assert_close(encoder.fuse_scores(log_odds, similarity), log_odds)  # no weight: the paper's score
+    expected = 0.75 * math.e * similarity + 0.25 * log_odds
+    torch.testing.assert_close(encoder.fuse_scores(log_odds, similarity, weight=0.25), expected)
+    torch.testing.assert_close(encoder.fuse_scores(log_odds, similarity, weight=0.0), math.e * similarity)
+    with pytest.raises(ValueError, match="fusion weight"):
+        encoder.fuse_scores(log_odds, similarity, weight=1.5)
+    with pytest.raises(ValueError, match="contrastive_projection_dim"):
+        FashionBertModel(deterministic()).fuse_scores(log_odds, similarity, weight=0.5)
+
+
+def test_fusion_weight_is_validated_and_round_trips_through_the_config(tmp_path):
+    config = deterministic({"contrastive_projection_dim": 8, "fusion_weight": 0.35})
+    FashionBertForImageTextRetrieval(config).save_pretrained(tmp_path)
+    assert FashionBertConfig.from_pretrained(tmp_path).fusion_weight == 0.35
+    assert FashionBertForImageTextRetrieval.from_pretrained(tmp_path).config.fusion_weight == 0.35
+    with pytest.raises(ValueError, match="fusion_weight"):
+        deterministic({"fusion_weight": 0.5})  # no heads to fuse
+    with pytest.raises(ValueError, match="fusion_weight"):
+        deterministic({"contrastive_projection_dim": 8, "fusion_weight": 1.2})

@@ -47,6 +47,10 @@ class FashionBertPretrainingCollator:
       are kept), `patch_mask` (B, P) int64, `mpm_mask` (B, P) bool (True = patch masked for MPM: the model zeroes
       its input feature and predicts the original).
     - `alignment_labels` (B,) int64, BERT's NSP convention: 0 = aligned, 1 = not aligned.
+    - `product_ids` (B,) int64: the product of each row's image, numbered within the batch (an unknown product gets
+      a number of its own), so the model never takes two views of one product for each other's negatives.
+    - `num_hard_negatives` (0-d int64), only once the hard-negative phase has begun (`hard_negatives`): how many TIA
+      negatives per aligned pair the model mines from the batch's contrastive similarities.
 
     **Whole-word masking (MLM).** A word is a token plus the `##` WordPiece pieces that follow it; special tokens
     (`tokenizer.all_special_ids`: [CLS], [SEP], [PAD], [UNK], [MASK]) and padding are never masked. Per row, with
@@ -77,6 +81,12 @@ class FashionBertPretrainingCollator:
     products) to get TIA signal. Negative rows are masked exactly like aligned rows (MLM and MPM, independent draws)
     so the TIA head cannot tell them apart by their masks; their `labels`/`mpm_mask` describe that masking, and the
     model counts MLM and MPM only on rows with `alignment_labels == 0`.
+
+    **Hard negatives (ALBEF).** With `hard_negatives = k > 0`, from batch `hard_negatives_from_batch` on (counted by
+    `batches_collated`) the collator adds no negatives of its own and asks the model for `k` mined ones per aligned
+    pair (`num_hard_negatives`, see `FashionBertForPreTraining.forward`; the model needs dual-encoder heads): the
+    batch's most similar non-matching partners by the contrastive task, sampled as ALBEF does. Before that batch,
+    while the contrastive similarities carry no information yet, the negatives are the collator's own, as above.
 
     **Randomness.** All draws use `generator` when given, else torch's global RNG. The global RNG (the default) is
     what `accelerate`'s `set_seed` seeds and what its checkpoints save and restore, so masks are reproducible and a
@@ -109,6 +119,11 @@ class FashionBertPretrainingCollator:
             trained, so masking would only hide the words and patches the alignment task needs.
         negatives_per_example (`int`, *optional*, defaults to 1):
             TIA negative rows added per example (0 = aligned rows only).
+        hard_negatives (`int`, *optional*, defaults to 0):
+            TIA negatives per aligned pair the model mines by contrastive similarity once the hard-negative phase has
+            begun (0 = never: the collator's negatives throughout).
+        hard_negatives_from_batch (`int`, *optional*, defaults to 0):
+            The first batch (counted by `batches_collated`) of the hard-negative phase.
         patch_grid (`int`, *optional*, defaults to 8):
             Patches per side; every example must have `patch_grid ** 2` patches. Must match the model config.
         pad_to_multiple_of (`int`, *optional*):
@@ -124,6 +139,8 @@ class FashionBertPretrainingCollator:
     max_predictions: int | None = None
     mpm_probability: float = 0.10
     negatives_per_example: int = 1
+    hard_negatives: int = 0
+    hard_negatives_from_batch: int = 0
     negative_curriculum_batches: int = 0
     unmasked_batches: int = 0
     batches_collated: int = 0
@@ -147,6 +164,8 @@ class FashionBertPretrainingCollator:
         for name, minimum, optional in (
             ("max_predictions", 1, True),
             ("negatives_per_example", 0, False),
+            ("hard_negatives", 0, False),
+            ("hard_negatives_from_batch", 0, False),
             ("negative_curriculum_batches", 0, False),
             ("unmasked_batches", 0, False),
             ("batches_collated", 0, False),
@@ -192,9 +211,9 @@ class FashionBertPretrainingCollator:
                 )
         self._check_same_image_shape(parsed, image_key)
 
-        negatives = self.sample_negatives(
-            [example["subcategory"] for example in parsed], [example["product_id"] for example in parsed]
-        )
+        mining = self.hard_negatives > 0 and self.batches_collated >= self.hard_negatives_from_batch
+        product_ids = [example["product_id"] for example in parsed]
+        negatives = [] if mining else self.sample_negatives([example["subcategory"] for example in parsed], product_ids)
         unmasked = self.batches_collated < self.unmasked_batches
         self.batches_collated += 1
         rows = [(index, index) for index in range(len(parsed))] + negatives  # (text example, image example)
@@ -214,6 +233,10 @@ class FashionBertPretrainingCollator:
         else:
             batch["mpm_mask"] = torch.stack([self._mask_patches(mask) for mask in batch["patch_mask"]])
         batch["alignment_labels"] = torch.tensor([0] * len(parsed) + [1] * len(negatives), dtype=torch.long)
+        numbers = _product_numbers(product_ids)
+        batch["product_ids"] = torch.tensor([numbers[image] for _, image in rows], dtype=torch.long)
+        if mining:
+            batch["num_hard_negatives"] = torch.tensor(self.hard_negatives)
         return batch
 
     # ------------------------------------------------------------------ TIA negatives
@@ -452,6 +475,16 @@ class FashionBertPretrainingCollator:
 
     def _randperm(self, size: int) -> list[int]:
         return torch.randperm(size, generator=self.generator).tolist()
+
+
+def _product_numbers(product_ids: Sequence[Any]) -> list[int]:
+    """Each example's product as a number (in order of first appearance); an unknown product (None) is its own."""
+    numbers: dict = {}
+    out = []
+    for index, pid in enumerate(product_ids):
+        key = ("<unknown product>", index) if pid is None else _plain(pid)
+        out.append(numbers.setdefault(key, len(numbers)))
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -181,6 +181,13 @@ class FashionBertConfig(PreTrainedConfig):
             weighting. `get_text_embeddings` / `get_image_embeddings` then give embeddings for a first search stage.
         contrastive_logit_scale_init (`float`, defaults to 2.6592): initial log inverse temperature of the contrastive
             task (CLIP's `logit_scale_init_value`, ln(1 / 0.07)).
+        fusion_weight (`float`, *optional*): this project's addition, for models with dual-encoder heads: the share of
+            the cross-encoder in the score that retrieval ranks by (`FashionBertForImageTextRetrieval.fuse_scores`),
+            `(1 - fusion_weight) * s * cos(text, image) + fusion_weight * log_odds`, where `s * cos` is the contrastive
+            logit of the dual-encoder embeddings (`s = exp(logit_scale)`) and `log_odds` the alignment head's
+            aligned-class log-odds; 0 ranks by the first stage alone, 1 by the cross-encoder alone. train.py chooses
+            it on a validation split after training (never on the test split). `None` (the paper, and models
+            without the heads): rank by the cross-encoder's log-odds alone. Must be in [0, 1].
         sparse_prediction (`bool`, defaults to `True`): when MLM `labels` are given, run the MLM head only on the
             predicted positions of aligned rows, so `mlm_logits` is `(num_predicted, vocab_size)` (row-major order of
             those positions). The vocabulary projection of every text position would cost about as much as MiniLM's
@@ -246,6 +253,7 @@ class FashionBertConfig(PreTrainedConfig):
     task_gradient_momentum: float = 0.9
     contrastive_projection_dim: int | None = None
     contrastive_logit_scale_init: float = 2.6592
+    fusion_weight: float | int | None = None
     sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
@@ -387,6 +395,11 @@ class FashionBertConfig(PreTrainedConfig):
             errors.append(
                 f"`contrastive_projection_dim` must be None or a positive integer, got {self.contrastive_projection_dim}."
             )
+        if self.fusion_weight is not None:
+            if self.contrastive_projection_dim is None:
+                errors.append("`fusion_weight` needs dual-encoder heads (`contrastive_projection_dim`); leave it None.")
+            elif not 0.0 <= self.fusion_weight <= 1.0:
+                errors.append(f"`fusion_weight` must be in [0, 1] or None, got {self.fusion_weight}.")
         if self.mlm_max_predictions is not None and self.mlm_max_predictions < 1:
             errors.append(f"`mlm_max_predictions` must be None or a positive integer, got {self.mlm_max_predictions}.")
         one_of("mpm_kl_direction", MPM_KL_DIRECTIONS)

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ __all__ = [
     "loss_softmax_task_weights",
     "image_text_contrastive_loss",
     "masked_patch_kl",
+    "sample_hard_negatives",
 ]
 
 # Order of the pretraining tasks in `task_weights`: the paper's three, then the image-text contrastive task when the
@@ -141,7 +143,7 @@ def masked_patch_kl(logits: torch.Tensor, target_features: torch.Tensor, directi
 
 
 def image_text_contrastive_loss(
-    text_embeddings: torch.Tensor, image_embeddings: torch.Tensor, logit_scale: torch.Tensor, same_text: torch.Tensor | None = None
+    text_embeddings: torch.Tensor, image_embeddings: torch.Tensor, logit_scale: torch.Tensor, matching: torch.Tensor | None = None
 ) -> torch.Tensor:
     """
     Symmetric InfoNCE over a batch of aligned pairs (CLIP; ALBEF's image-text contrastive task): row `i` of each side
@@ -150,18 +152,64 @@ def image_text_contrastive_loss(
     Args:
         text_embeddings, image_embeddings: `(N, D)` unit-length embeddings of N aligned pairs.
         logit_scale: log of the inverse temperature (clamped to 100 after `exp`, as CLIP).
-        same_text: `(N, N)` bool, *optional*: pairs of rows with the same caption, which are not each other's
-            negatives (two views of one product, or two products described alike).
+        matching: `(N, N)` bool, *optional*: pairs of rows that match each other (the same caption, or two views of
+            one product), which are not each other's negatives.
 
     Returns:
         The mean of the text-to-image and image-to-text cross-entropies (float32).
     """
     logits = logit_scale.exp().clamp(max=100) * text_embeddings.float() @ image_embeddings.float().T
-    if same_text is not None:
-        others = same_text & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    if matching is not None:
+        others = matching & ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(others, torch.finfo(logits.dtype).min)
     labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def sample_hard_negatives(
+    logits: torch.Tensor, allowed: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """
+    ALBEF's hard negatives: for every row of a similarity matrix, `num_samples` distinct columns drawn without
+    replacement with probability `softmax(logits[row])` restricted to the `allowed` columns. The most similar
+    non-matching items are the likeliest, yet never certain, so a near-duplicate the labels call a negative does not
+    come back every step (ALBEF, `models/model_retrieval.py`).
+
+    Args:
+        logits: `(N, M)` similarities, e.g. the contrastive task's logits (text rows x image columns).
+        allowed: `(N, M)` bool: which columns may be a row's negative (not itself, not a match).
+        num_samples: negatives per row.
+        generator: source of randomness (default: torch's global RNG, which accelerate seeds and checkpoints).
+
+    Returns:
+        `(N, num_samples)` int64 column indices in the order drawn; -1 where a row has fewer allowed columns than
+        `num_samples`.
+    """
+    if logits.shape != allowed.shape:
+        raise ValueError(f"`logits` {tuple(logits.shape)} and `allowed` {tuple(allowed.shape)} must have the same shape.")
+    if num_samples < 0:
+        raise ValueError(f"`num_samples` must be >= 0, got {num_samples}.")
+    if num_samples == 0 or logits.shape[1] == 0:
+        return torch.full((logits.shape[0], num_samples), -1, dtype=torch.long, device=logits.device)
+    # Gumbel-top-k: the k largest of logits + Gumbel noise are k draws without replacement from the softmax.
+    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
+    keys = logits.double() - torch.log(-torch.log(uniform.clamp(min=1e-300)))
+    keys = keys.masked_fill(~allowed, -math.inf)
+    values, picks = keys.topk(min(num_samples, logits.shape[1]), dim=1)
+    picks = picks.masked_fill(values == -math.inf, -1)
+    if picks.shape[1] < num_samples:  # fewer columns than samples
+        picks = F.pad(picks, (0, num_samples - picks.shape[1]), value=-1)
+    return picks
+
+
+class _ContrastivePass(NamedTuple):
+    """What the contrastive task computed on a batch's aligned rows (see `FashionBertForPreTraining._contrastive`)."""
+
+    loss: torch.Tensor
+    rows: torch.Tensor  # (n,) batch rows of the aligned pairs
+    states: tuple[torch.Tensor, ...]  # the unimodal last hidden states its heads read
+    logits: torch.Tensor  # (n, n) detached text x image logits
+    allowed: torch.Tensor  # (n, n) bool: may be each other's negatives (neither the same caption nor product)
 
 
 def _zero_loss_like(tensor: torch.Tensor) -> torch.Tensor:
@@ -199,7 +247,10 @@ class FashionBertForPreTrainingOutput(ModelOutput):
         mpm_logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_feature_dim)`): MPM logits of every
             patch position (the loss uses the masked ones).
         tia_logits (`torch.FloatTensor` of shape `(batch_size, 2)`): alignment scores from the pooled `[CLS]`; class 0
-            = aligned, class 1 = not aligned (BERT's NSP convention).
+            = aligned, class 1 = not aligned (BERT's NSP convention). With `num_hard_negatives`, the mined rows follow
+            the batch's own rows (here and in `mpm_logits`).
+        hard_negative_pairs (`torch.LongTensor` of shape `(num_mined, 2)`, *optional*, with `num_hard_negatives`):
+            the batch rows whose text and whose image make each mined negative, in the order they were appended.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`): embeddings + each
             layer's output, each `(batch_size, text_length + num_patches, hidden_size)`.
         attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True` and eager attention): each
@@ -215,6 +266,7 @@ class FashionBertForPreTrainingOutput(ModelOutput):
     mlm_logits: torch.FloatTensor | None = None
     mpm_logits: torch.FloatTensor | None = None
     tia_logits: torch.FloatTensor | None = None
+    hard_negative_pairs: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -605,6 +657,33 @@ class FashionBertModel(FashionBertPreTrainedModel):
             patch_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
         return self.project_image(self.image_hidden_states(features, patch_mask), patch_mask)
 
+    def fuse_scores(
+        self, log_odds: torch.Tensor, similarity: torch.Tensor, weight: float | None = None
+    ) -> torch.Tensor:
+        """
+        The score retrieval ranks by, from the two stages' scores of the same pairs: with fusion weight `w`
+        (`config.fusion_weight` unless `weight` is given), `(1 - w) * exp(logit_scale) * similarity + w * log_odds`,
+        i.e. the first stage's contrastive logit and the cross-encoder's aligned-class log-odds, both log-domain
+        scores, blended by the cross-encoder's share `w`; the log-odds alone when `w` is None (the paper).
+
+        Args:
+            log_odds: `(N,)` the cross-encoder's scores (`FashionBertForImageTextRetrieval`'s `logits`).
+            similarity: `(N,)` cosine similarities of the pairs' unit-length embeddings (`get_text_embeddings` x
+                `get_image_embeddings`).
+            weight: overrides `config.fusion_weight` (in [0, 1]).
+
+        Returns:
+            `(N,)` float32 scores (higher = better match).
+        """
+        weight = self.config.fusion_weight if weight is None else weight
+        if weight is None:
+            return log_odds.float()
+        self._require_projections()
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the fusion weight must be in [0, 1], got {weight}.")
+        scale = self.logit_scale.detach().float().exp().clamp(max=100).to(similarity.device)
+        return (1.0 - weight) * scale * similarity.float() + weight * log_odds.float().to(similarity.device)
+
     def load_patch_encoder_weights(self, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> None:
         """
         Load a transformers ResNet checkpoint (`ResNetModel` or `ResNetForImageClassification`, safetensors only) into
@@ -715,7 +794,7 @@ class FashionBertModel(FashionBertPreTrainedModel):
         sequence_output = encoder_outputs.last_hidden_state
         if self.pooler is None:
             pooled_output = None
-        elif isinstance(self.pooler, (FashionBertTextPatchPooler, FashionBertBilinearPooler)):
+        elif self.config.alignment_pooling != "cls":  # by the config, so a wrapped pooler (PEFT) is called the same way
             pooled_output = self.pooler(sequence_output, attention_mask, patch_mask)
         else:
             pooled_output = self.pooler(sequence_output)
@@ -795,6 +874,8 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         mpm_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         alignment_labels: torch.Tensor | None = None,
+        product_ids: torch.Tensor | None = None,
+        num_hard_negatives: int | torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> FashionBertForPreTrainingOutput:
@@ -805,6 +886,17 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
                 MPM count only on aligned rows (a negative pair's text does not describe its image).
             mpm_mask (`(batch_size, num_patches)` bool, *optional*): patches masked for MPM (input zeroed, original
                 feature the KL target).
+            product_ids (`(batch_size,)` int64, *optional*): the product each aligned row shows; aligned rows of one
+                product (several views, or one caption for several images) are never each other's contrastive or
+                mined negatives. Without it, rows with the same caption count as the same product.
+            num_hard_negatives (`int`, *optional*): with dual-encoder heads (`contrastive_projection_dim`) and
+                `alignment_labels`, mine this many TIA negatives per aligned pair from the batch's other aligned pairs,
+                as ALBEF: alternately an image for its text and a text for its image (even rows start with an image,
+                odd rows with a text; 2 = one of each), each drawn with probability softmax of the contrastive
+                logits over the non-matching candidates (`sample_hard_negatives`), so the most similar wrong partners
+                are the likeliest. The mined rows (the text row's masked tokens, the image row's masked patches,
+                `alignment_labels` 1) are appended after the batch's own rows in the joint pass; `tia_logits` and
+                `mpm_logits` cover them too, and `hard_negative_pairs` says which they are.
 
         A task with nothing to predict in the batch (no label, no masked patch on an aligned row, no alignment
         labels) has loss 0 and weight 0; the other weights are renormalised. `loss` is None when no target is given.
@@ -813,6 +905,40 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         """
         batch_size, text_length, text_device = _text_batch(input_ids, inputs_embeds)
         features = self.bert._resolve_patch_features(pixel_values, patch_features, batch_size)
+        aligned = None if alignment_labels is None else alignment_labels.to(text_device) == 0
+        if labels is not None:
+            labels = self._mlm_targets(labels.to(text_device), (batch_size, text_length), aligned)
+        has_targets = labels is not None or mpm_mask is not None or alignment_labels is not None
+
+        # Align before fuse: the unimodal passes first, so the joint pass can take its negatives from their similarities.
+        contrastive = None
+        if has_targets and "itc" in self.tasks:
+            if input_ids is None:
+                raise ValueError(
+                    "The image-text contrastive task (`contrastive_projection_dim`) needs `input_ids`: it encodes "
+                    "the unmasked text alone, restored from the ids and `labels`. Pass them, not `inputs_embeds`."
+                )
+            contrastive = self._contrastive(input_ids, attention_mask, token_type_ids, labels, features, patch_mask, aligned, product_ids)
+        hard_negative_pairs = None
+        num_hard_negatives = int(num_hard_negatives or 0)
+        if num_hard_negatives:
+            if contrastive is None or alignment_labels is None:
+                raise ValueError(
+                    "`num_hard_negatives` mines TIA negatives from the contrastive similarities: it needs dual-encoder "
+                    "heads (`contrastive_projection_dim`), `input_ids` and `alignment_labels`."
+                )
+            hard_negative_pairs = contrastive.rows[self._hard_negative_pairs(contrastive, num_hard_negatives)]
+            text_rows, image_rows = hard_negative_pairs.unbind(1)
+            extended = lambda tensor, rows: None if tensor is None else torch.cat([tensor, tensor[rows.to(tensor.device)]])  # noqa: E731
+            input_ids = extended(input_ids, text_rows)
+            attention_mask, token_type_ids = extended(attention_mask, text_rows), extended(token_type_ids, text_rows)
+            features, patch_mask, mpm_mask = extended(features, image_rows), extended(patch_mask, image_rows), extended(mpm_mask, image_rows)
+            num_mined = hard_negative_pairs.shape[0]
+            if labels is not None:  # nothing to predict on a negative pair
+                labels = torch.cat([labels, labels.new_full((num_mined, labels.shape[1]), -100)])
+            alignment_labels = torch.cat([alignment_labels, alignment_labels.new_ones(num_mined)])
+            aligned = torch.cat([aligned, aligned.new_zeros(num_mined)])
+
         outputs = self.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -826,9 +952,6 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         )
         sequence_output = outputs.last_hidden_state
         text_output = sequence_output[:, :text_length]
-        aligned = None if alignment_labels is None else alignment_labels.to(text_device) == 0
-        if labels is not None:
-            labels = self._mlm_targets(labels.to(text_device), text_output.shape[:2], aligned)
         if labels is not None and self.config.sparse_prediction:
             predicted = labels != -100
             mlm_logits = self.cls.predictions(text_output[predicted])  # (num_predicted, vocab_size)
@@ -840,25 +963,18 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         tia_logits = self.cls.seq_relationship(outputs.pooler_output)
 
         loss = mlm_loss = mpm_loss = tia_loss = itc_loss = task_weights = None
-        if labels is not None or mpm_mask is not None or alignment_labels is not None:
+        if has_targets:
             mlm_loss, mlm_count = self._mlm_loss(mlm_logits, mlm_targets)
             mpm_loss, mpm_count = self._mpm_loss(mpm_logits, features, mpm_mask, patch_mask, aligned)
             tia_loss, tia_count = self._tia_loss(tia_logits, alignment_labels)
             task_losses = [mlm_loss, mpm_loss, tia_loss]
             counts = [mlm_count, mpm_count, tia_count]  # items each loss averages over; 0 = task absent
             shared_states = [(sequence_output,)] * 3  # what each task's head reads (for task_weighting="gradient")
-            if "itc" in self.tasks:
-                if input_ids is None:
-                    raise ValueError(
-                        "The image-text contrastive task (`contrastive_projection_dim`) needs `input_ids`: it encodes "
-                        "the unmasked text alone, restored from the ids and `labels`. Pass them, not `inputs_embeds`."
-                    )
-                itc_loss, itc_count, unimodal_states = self._itc_loss(
-                    input_ids, attention_mask, token_type_ids, labels, features, patch_mask, aligned
-                )
+            if contrastive is not None:
+                itc_loss = contrastive.loss
                 task_losses.append(itc_loss)
-                counts.append(itc_count)
-                shared_states.append(unimodal_states)
+                counts.append(contrastive.rows.numel() if contrastive.rows.numel() >= 2 else 0)
+                shared_states.append(contrastive.states)
             losses = torch.stack(task_losses)
             weights = self._task_weights(losses, torch.tensor(counts, device=losses.device), shared_states)
             loss = (weights * losses).sum()
@@ -874,6 +990,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             mlm_logits=mlm_logits,
             mpm_logits=mpm_logits,
             tia_logits=tia_logits,
+            hard_negative_pairs=hard_negative_pairs,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -925,7 +1042,7 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
             return _zero_loss_like(logits), 0
         return F.cross_entropy(logits.float(), alignment_labels.to(logits.device).long().reshape(-1)), alignment_labels.numel()
 
-    def _itc_loss(
+    def _contrastive(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
@@ -934,18 +1051,20 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         features: torch.Tensor,
         patch_mask: torch.Tensor | None,
         aligned: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, int, tuple[torch.Tensor, ...]]:
+        product_ids: torch.Tensor | None,
+    ) -> "_ContrastivePass":
         """
-        The image-text contrastive loss of the aligned rows, each modality encoded alone, from the inputs before MLM
+        The image-text contrastive task on the aligned rows, each modality encoded alone, from the inputs before MLM
         and MPM masking (the original token ids are restored from `labels`; MPM zeroes features only inside the
-        joint pass), the number of those rows (0 below two: no negatives), and the unimodal last hidden states (what
-        this task's heads read).
+        joint pass): its loss (a zero loss below two rows: no negatives), the rows, the unimodal last hidden states
+        (what its heads read), the detached text x image logits and which pairs may be each other's negatives.
         """
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if aligned is not None:
             rows = rows[aligned]
         if rows.numel() < 2:
-            return _zero_loss_like(self.bert.logit_scale), 0, ()
+            none = torch.zeros(rows.numel(), rows.numel(), dtype=torch.bool, device=rows.device)
+            return _ContrastivePass(_zero_loss_like(self.bert.logit_scale), rows, (), none.float(), none)
         ids = input_ids[rows]
         if labels is not None:
             original = labels[rows]  # -100 where not predicted (also where MLM was dropped for a non-aligned row)
@@ -957,14 +1076,36 @@ class FashionBertForPreTraining(FashionBertPreTrainedModel):
         text_states = self.bert.text_hidden_states(ids, text_mask, types)
         image_states = self.bert.image_hidden_states(features[rows].to(ids.device), image_mask)
         real = text_mask.bool()
-        same_text = ((ids[:, None] == ids[None]) & (real[:, None] == real[None])).all(-1)
-        loss = image_text_contrastive_loss(
-            self.bert.project_text(text_states, text_mask),
-            self.bert.project_image(image_states, image_mask),
-            self.bert.logit_scale,
-            same_text,
-        )
-        return loss, rows.numel(), (text_states, image_states)
+        matching = ((ids[:, None] == ids[None]) & (real[:, None] == real[None])).all(-1)  # the same caption
+        if product_ids is not None:
+            products = product_ids.to(ids.device)[rows]
+            matching = matching | (products[:, None] == products[None])
+        text_embeddings = self.bert.project_text(text_states, text_mask)
+        image_embeddings = self.bert.project_image(image_states, image_mask)
+        loss = image_text_contrastive_loss(text_embeddings, image_embeddings, self.bert.logit_scale, matching)
+        logits = self.bert.logit_scale.exp().clamp(max=100) * text_embeddings.float() @ image_embeddings.float().T
+        return _ContrastivePass(loss, rows, (text_states, image_states), logits.detach(), ~matching)
+
+    @staticmethod
+    def _hard_negative_pairs(contrastive: "_ContrastivePass", num_per_pair: int) -> torch.Tensor:
+        """
+        `(K, 2)` (text, image) positions among the contrastive rows of the mined negatives: for aligned pair `a`,
+        negative `j` (0-based) is an image for text `a` when `a + j` is even, else a text for image `a`.
+        """
+        num_rows = contrastive.rows.numel()
+        per_direction = -(-num_per_pair // 2)
+        images_for_text = sample_hard_negatives(contrastive.logits, contrastive.allowed, per_direction)
+        texts_for_image = sample_hard_negatives(contrastive.logits.T, contrastive.allowed.T, per_direction)
+        pairs = []
+        for anchor in range(num_rows):
+            taken = [0, 0]
+            for j in range(num_per_pair):
+                direction = (anchor + j) % 2  # 0: an image for this pair's text, 1: a text for its image
+                pick = int((images_for_text if direction == 0 else texts_for_image)[anchor, taken[direction]])
+                taken[direction] += 1
+                if pick >= 0:
+                    pairs.append((anchor, pick) if direction == 0 else (pick, anchor))
+        return torch.tensor(pairs, dtype=torch.long, device=contrastive.rows.device).reshape(-1, 2)
 
     def _task_weights(
         self, losses: torch.Tensor, counts: torch.Tensor, shared_states: list[tuple[torch.Tensor, ...]]
