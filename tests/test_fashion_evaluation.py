@@ -378,3 +378,97 @@ def test_real_tiny_fashionbert_and_processor_fit_the_loop():
     assert res.num_queries == {"image_to_text": 6, "text_to_image": 6}
     assert all(np.isfinite(v) for v in res.metrics.values())
     assert 0.0 <= res["tia/auc"] <= 1.0
+
+
+# ------------------------------------------------------------------ three scores: cross-encoder, first stage, fused
+
+
+def heads_model_and_data(num_products: int = 24, fusion_weight: float | None = None):
+    """The tiny golden FashionBERT with dual-encoder heads, and pre-tokenised rows with cached patch features."""
+    from tiny_fashionbert import golden_fashionbert_with_heads
+
+    model, processor = golden_fashionbert_with_heads(projection_dim=8)
+    model.config.fusion_weight = fusion_weight
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(["red", "black", "silk", "wool", "dress", "coat"], size=3)) for _ in range(num_products)]
+    encoded = processor(text=texts, return_tensors="pt")
+    images = [rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for _ in range(num_products)]
+    with torch.no_grad():
+        features = model.bert.get_patch_features(processor(images=images, return_tensors="pt")["pixel_values"])
+    data = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "patch_features": features,
+            "product_id": [f"p{i}" for i in range(num_products)], "subcategory": [f"s{i % 2}" for i in range(num_products)]}
+    return model, data
+
+
+def hand_scorers(model, data) -> dict:
+    """Pair scorers by hand: the cross-encoder's log-odds, the cosine of the embeddings, and their fusion."""
+    with torch.no_grad():
+        text = model.bert.get_text_embeddings(data["input_ids"], data["attention_mask"])
+        image = model.bert.get_image_embeddings(patch_features=data["patch_features"])
+
+    def cross(t, i):
+        return model.score_pairs(data["input_ids"], data["attention_mask"], data["patch_features"], t, i).numpy()
+
+    def first(t, i):
+        return (text[t] * image[i]).sum(-1).numpy()
+
+    def fused(t, i):
+        w, scale = model.config.fusion_weight, model.bert.logit_scale.exp().item()
+        return (1 - w) * scale * first(t, i) + w * cross(t, i)
+
+    return {"": cross, "first_stage/": first, "fused/": fused}
+
+
+@pytest.mark.parametrize("fusion_weight", [None, 0.3])
+def test_a_model_with_heads_is_scored_three_ways_under_their_own_keys(fusion_weight):
+    model, data = heads_model_and_data(fusion_weight=fusion_weight)
+    result = evaluate_fashion_retrieval(model, data, num_queries=24, num_negatives=10, num_draws=2, seed=3, show_progress=False)
+    scorers = hand_scorers(model, data)
+    if fusion_weight is None:
+        scorers.pop("fused/")
+        assert not any(k.startswith("fused/") for k in result.metrics)
+    else:
+        assert result.protocol["fusion_weight"] == fusion_weight
+    for prefix, scorer in scorers.items():
+        expected = evaluate_pair_scorer(scorer, data["product_id"], data["subcategory"], 24, 10, 2, 3).metrics
+        for key in ("image_to_text/R@1", "image_to_text/R@5", "text_to_image/R@10", "text_to_image/mean_rank"):
+            assert result.metrics[prefix + key] == pytest.approx(expected[key], abs=1e-9), prefix + key
+        auc_key = "tia/auc" if prefix == "" else f"{prefix}auc"
+        assert result.metrics[auc_key] == pytest.approx(expected["tia/auc"], abs=1e-9)
+    assert "first_stage/accuracy" not in result.metrics and "tia/accuracy" in result.metrics  # no threshold for a cosine
+
+
+def test_listwise_log_likelihood_hand_computed():
+    from xmodal.evaluation.fashion_retrieval import draw_protocol, listwise_log_likelihood
+
+    pids, subs = make_rows(6, views=1, subcats=("a",))
+    protocol = draw_protocol(pids, subs, num_queries=6, num_negatives=2, num_draws=1, seed=0, matching=False)
+    # A constant scorer: every temperature gives the uniform distribution over 1 + 2 candidates.
+    assert listwise_log_likelihood(protocol, np.zeros(len(protocol.text_rows))) == pytest.approx(-np.log(3))
+    # The truth ahead by a margin everywhere: the best temperature is large and the likelihood goes to 1.
+    margin = np.where(protocol.text_rows == protocol.image_rows, 1.0, 0.0)
+    assert listwise_log_likelihood(protocol, margin) == pytest.approx(0.0, abs=1e-3)
+    assert listwise_log_likelihood(protocol, 5 * margin) == pytest.approx(listwise_log_likelihood(protocol, margin), abs=1e-6)
+    # Every truth behind both of its negatives by the same margin: the best temperature is 0, the uniform -log 3.
+    assert listwise_log_likelihood(protocol, -margin) == pytest.approx(-np.log(3), abs=1e-4)
+
+
+def test_choose_fusion_weight_maximises_the_validation_likelihood():
+    from xmodal.evaluation.fashion_retrieval import (
+        FUSION_WEIGHTS, choose_fusion_weight, draw_protocol, listwise_log_likelihood,
+    )
+
+    model, data = heads_model_and_data()
+    weight, table = choose_fusion_weight(model, data, num_queries=24, num_negatives=10, seed=5, show_progress=False)
+    assert set(table) == set(FUSION_WEIGHTS) and weight in table
+    assert table[weight]["log_likelihood"] == max(row["log_likelihood"] for row in table.values())
+    assert set(table[0.0]) == {"log_likelihood", "mrr", "image_to_text/R@1", "text_to_image/R@1"}
+    protocol = draw_protocol(data["product_id"], data["subcategory"], 24, 10, 1, 5, matching=False)
+    scorer = hand_scorers(model, data)["first_stage/"]
+    first_stage = scorer(protocol.text_rows, protocol.image_rows) * model.bert.logit_scale.exp().item()
+    assert table[0.0]["log_likelihood"] == pytest.approx(listwise_log_likelihood(protocol, first_stage), abs=1e-6)
+    assert model.config.fusion_weight is None  # choosing does not set it: the caller does
+    with pytest.raises(ValueError, match="weights"):
+        choose_fusion_weight(model, data, num_queries=24, num_negatives=10, weights=[0.5, 1.5], show_progress=False)
+    with pytest.raises(ValueError, match="dual-encoder heads"):
+        choose_fusion_weight(FakeRetrievalModel(), fake_dataset(), FakeProcessor(), show_progress=False)

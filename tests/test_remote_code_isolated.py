@@ -42,7 +42,7 @@ from xmodal.hub import AUTO_MAPS, push_folder_to_hub, save_model_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import local_hub  # noqa: E402, F401  (a fixture)
-from tiny_fashionbert import save_tiny_fashionbert_folders  # noqa: E402
+from tiny_fashionbert import FUSED, save_tiny_fashionbert_folders, score_matrix  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["red silk sleeveless dress", "black wool coat, zebra"]
@@ -287,6 +287,7 @@ def saved(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("saved")
     fashionbert = save_tiny_fashionbert_folders(root)
     processor, pretraining, retrieval = fashionbert["processor"], fashionbert["pretraining"], fashionbert["retrieval"]
+    fused = fashionbert["fused"]
 
     map_ivr_config = MapIvrConfig(
         image_feature_dim=6, video_feature_dim=8, appearance_dim=4, motion_dim=4, latent_dim=3,
@@ -299,7 +300,7 @@ def saved(tmp_path_factory) -> dict:
     extractor = MapIvrFeatureExtractor().fit(rng.normal(size=(10, 6)), rng.normal(size=(10, 3, 8)))
     save_model_folder(root / "map_ivr", map_ivr, extractor)
     return {
-        "root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval,
+        "root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval, "fused": fused,
         "map_ivr": map_ivr, "extractor": extractor,
     }  # fmt: skip
 
@@ -472,20 +473,11 @@ def _pipeline_images() -> list[np.ndarray]:
     return [rng.integers(0, 256, size=(12 + 4 * i, 16, 3), dtype=np.uint8) for i in range(4)]
 
 
-def _expected_scores(saved: dict, images: list[np.ndarray]) -> torch.Tensor:
-    """`(num_texts, num_images)` scores from xmodal's own `score_pairs` on the in-memory retrieval model."""
-    processor, model = saved["processor"], saved["retrieval"]
-    encoded = processor(text=PIPELINE_TEXTS, return_tensors="pt")
-    pixels = processor(images=[PIL.Image.fromarray(image) for image in images], return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        features = model.bert.get_patch_features(pixels)
-    text_indices = torch.arange(len(PIPELINE_TEXTS)).repeat_interleave(len(images))
-    image_indices = torch.arange(len(images)).repeat(len(PIPELINE_TEXTS))
-    scores = model.score_pairs(
-        encoded["input_ids"], encoded["attention_mask"], features, text_indices, image_indices,
-        token_type_ids=encoded["token_type_ids"],
-    )  # fmt: skip
-    return scores.reshape(len(PIPELINE_TEXTS), len(images))
+def _expected_scores(saved: dict, images: list[np.ndarray], model_key: str) -> torch.Tensor:
+    """`(num_texts, num_images)` scores from xmodal's own scoring of the in-memory retrieval model (fused when its
+    config has a fusion weight)."""
+    pil_images = [PIL.Image.fromarray(image) for image in images]
+    return score_matrix(saved[model_key], saved["processor"], PIPELINE_TEXTS, pil_images)
 
 
 def test_saved_folders_carry_the_fashion_retrieval_pipeline(saved):
@@ -514,7 +506,7 @@ def test_fashion_retrieval_pipeline_runs_with_remote_code_only(
     )  # fmt: skip
     child = tmp_path / "child"
     child.mkdir()
-    names = ("fashionbert", "fashionbert_retrieval")
+    names = ("fashionbert", "fashionbert_retrieval", "fashionbert_fused")
     hub = None
     if source == "folder":
         sources = [str(saved["root"] / name) for name in names]
@@ -534,12 +526,14 @@ def test_fashion_retrieval_pipeline_runs_with_remote_code_only(
     assert_isolated(report, isolated_site)
     assert report["xmodal_modules"] == []
     modules_cache = Path(report["hf_modules_cache"]).resolve()
-    expected = _expected_scores(saved, images)
+    # The fused folder's pipeline ranks by the fusion weight its config.json carries, as xmodal's model does.
+    assert json.loads((saved["root"] / "fashionbert_fused" / "config.json").read_text())["fusion_weight"] == FUSED["fusion_weight"]
     for source_name, name in zip(sources, names):
+        expected = _expected_scores(saved, images, "fused" if name == "fashionbert_fused" else "retrieval")
         result = report["results"][source_name]
         for key, class_name in (
             ("pipeline", "FashionRetrievalPipeline"), ("processor", "FashionBertProcessor"),
-            ("model", "FashionBertForPreTraining" if name == "fashionbert" else "FashionBertForImageTextRetrieval"),
+            ("model", "FashionBertForImageTextRetrieval" if name == "fashionbert_retrieval" else "FashionBertForPreTraining"),
         ):  # fmt: skip
             loaded = result[key]
             assert loaded["name"] == class_name and loaded["module"].startswith("transformers_modules."), loaded

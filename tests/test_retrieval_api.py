@@ -13,7 +13,7 @@ from xmodal import MapIvrConfig, MapIvrModel
 from xmodal.indexing import EmbeddingIndex, faiss_available
 from xmodal.retrieval import ActivityRetriever, FashionRetriever
 
-from tiny_fashionbert import golden_fashionbert_with_heads
+from tiny_fashionbert import golden_fashionbert_with_heads, save_tiny_fashionbert_folders, score_matrix
 
 
 FAISS_MISSING = "faiss is not installed (`pip install faiss-cpu`, part of the `test` extra): faiss backend not tested"
@@ -261,6 +261,29 @@ def test_rank_images_pre_ranks_with_the_trained_embeddings_when_the_model_has_he
     full = brute_force_scores(dual, [TEXTS[3]], images)[0]
     assert two_stage.indices.tolist() == sorted(candidates, key=lambda i: (-full[i].item(), i))[:2]
     torch.testing.assert_close(two_stage.scores, full[two_stage.indices], rtol=1e-5, atol=1e-5)
+
+
+def test_a_fusion_weight_saved_in_the_config_ranks_every_search_by_the_fused_score(tmp_path):
+    saved = save_tiny_fashionbert_folders(tmp_path)
+    retriever = FashionRetriever.from_pretrained(tmp_path / "fashionbert_fused", rerank_top_n=None, batch_size=4)
+    assert retriever.model.config.fusion_weight == saved["fused"].config.fusion_weight == 0.4  # through config.json
+    images = random_images(6, seed=8, size=16)
+    expected = score_matrix(saved["fused"], saved["processor"], TEXTS, images)
+    for t, text in enumerate(TEXTS):
+        ranked = retriever.rank_images(text, images, top_k=6)
+        assert ranked.indices.tolist() == expected_top_k(expected[t], 6).tolist()
+        torch.testing.assert_close(ranked.scores, expected[t, ranked.indices], rtol=1e-5, atol=1e-5)
+        # scores = (1 - w) * exp(logit_scale) * similarity + w * log_odds, with both parts reported
+        scale = retriever.model.bert.logit_scale.exp()
+        torch.testing.assert_close(ranked.scores, 0.6 * scale * ranked.similarity + 0.4 * ranked.log_odds, rtol=1e-5, atol=1e-5)
+    texts_ranked = retriever.rank_texts(images[2], TEXTS, top_k=3)
+    torch.testing.assert_close(texts_ranked.scores, expected[texts_ranked.indices, 2], rtol=1e-5, atol=1e-5)
+    retriever.build_index(images, backend="torch")  # the indexed search fuses the same way
+    searched = retriever.search_images(TEXTS[1], top_k=4, first_stage_k=6)
+    torch.testing.assert_close(searched.scores, expected[1, searched.indices], rtol=1e-5, atol=1e-5)
+    retriever.build_text_index(TEXTS, backend="torch")
+    searched = retriever.search_texts(images[3], top_k=2, first_stage_k=len(TEXTS))
+    torch.testing.assert_close(searched.scores, expected[searched.indices, 3], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

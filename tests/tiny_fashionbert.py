@@ -20,7 +20,11 @@ VOCAB += ["##less", ","]
 
 
 def save_tiny_fashionbert_folders(root: Path) -> dict:
-    """Writes `root/fashionbert` and `root/fashionbert_retrieval`; returns the processor and both models."""
+    """
+    Writes `root/fashionbert` and `root/fashionbert_retrieval` (no dual-encoder heads: the paper's model, ranked by the
+    alignment log-odds), and `root/fashionbert_fused` (a pretraining folder with dual-encoder heads and a fusion weight
+    in its config); returns the processor, the first two models, and the third as a retrieval model (`fused`).
+    """
     (root / "vocab").mkdir()
     (root / "vocab" / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     processor = FashionBertProcessor(
@@ -36,7 +40,38 @@ def save_tiny_fashionbert_folders(root: Path) -> dict:
     save_model_folder(root / "fashionbert", pretraining, processor)
     retrieval = FashionBertForImageTextRetrieval.from_pretrained(root / "fashionbert").eval()
     save_model_folder(root / "fashionbert_retrieval", retrieval, processor)
-    return {"root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval}
+    torch.manual_seed(1)
+    with_heads = FashionBertForPreTraining(FashionBertConfig(**{**config.to_diff_dict(), **FUSED})).eval()
+    save_model_folder(root / "fashionbert_fused", with_heads, processor)
+    fused = FashionBertForImageTextRetrieval.from_pretrained(root / "fashionbert_fused").eval()
+    return {"root": root, "processor": processor, "pretraining": pretraining, "retrieval": retrieval, "fused": fused}
+
+
+# The dual-encoder heads and fusion weight of the `fashionbert_fused` folder.
+FUSED = {"contrastive_projection_dim": 8, "fusion_weight": 0.4, "contrastive_logit_scale_init": 1.5}
+
+
+def score_matrix(model: FashionBertForImageTextRetrieval, processor, texts: list[str], images: list) -> torch.Tensor:
+    """
+    `(num_texts, num_images)` scores as xmodal ranks by them: the alignment log-odds (`score_pairs`), fused with the
+    cosine of the dual-encoder embeddings (`fuse_scores`) when the config has a fusion weight.
+    """
+    encoded = processor(text=texts, return_tensors="pt")
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    text_indices = torch.arange(len(texts)).repeat_interleave(len(images))
+    image_indices = torch.arange(len(images)).repeat(len(texts))
+    with torch.no_grad():
+        features = model.bert.get_patch_features(pixels)
+        scores = model.score_pairs(
+            encoded["input_ids"], encoded["attention_mask"], features, text_indices, image_indices,
+            token_type_ids=encoded["token_type_ids"],
+        )  # fmt: skip
+        if model.config.fusion_weight is not None:
+            text_vectors = model.bert.get_text_embeddings(encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"])
+            image_vectors = model.bert.get_image_embeddings(patch_features=features)
+            similarity = (text_vectors[text_indices] * image_vectors[image_indices]).sum(-1)
+            scores = model.bert.fuse_scores(scores, similarity)
+    return scores.reshape(len(texts), len(images))
 
 
 GOLDEN_FASHIONBERT = Path(__file__).resolve().parent / "fixtures" / "golden" / "fashionbert_pretraining"

@@ -152,17 +152,29 @@ def save_model_folder(
     return Path(output_dir)
 
 
+# FashionBERT's scores in the card, by key prefix (see `xmodal.evaluation.evaluate_fashion_retrieval`).
+_FASHIONBERT_SCORES = (("", "cross-encoder (paper)"), ("first_stage/", "first stage"), ("fused/", "fused (product)"))
+
+
 def _fashionbert_results(eval_results: Mapping[str, float]) -> tuple[list[dict], list[dict]]:
-    """The Rank@K rows (one per direction measured) and the matching rows (TIA accuracy and AUC, when measured)."""
+    """
+    The Rank@K rows (one per score and direction measured: the cross-encoder's, and with dual-encoder heads the first
+    stage's and the fused score's) and the matching rows (accuracy and AUC of the alignment head, AUC of the others).
+    """
     rows = []
-    for direction, label in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
-        if f"{direction}/R@1" in eval_results:
-            rows.append({"direction": label, **{f"r{k}": f"{eval_results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10)}})
+    for prefix, score in _FASHIONBERT_SCORES:
+        for direction, label in (("image_to_text", "image → text"), ("text_to_image", "text → image")):
+            if f"{prefix}{direction}/R@1" in eval_results:
+                ranks = {f"r{k}": f"{eval_results[f'{prefix}{direction}/R@{k}']:.2f}" for k in (1, 5, 10)}
+                rows.append({"score": score, "direction": label, **ranks})
     matching = [
         {"metric": label, "value": f"{eval_results[key]:{spec}}"}
-        for key, label, spec in (("tia/accuracy", "accuracy (%)", ".2f"), ("tia/auc", "ROC AUC", ".4f"))
+        for key, label, spec in (
+            ("tia/accuracy", "accuracy (%), cross-encoder", ".2f"), ("tia/auc", "ROC AUC, cross-encoder", ".4f"),
+            ("first_stage/auc", "ROC AUC, first stage", ".4f"), ("fused/auc", "ROC AUC, fused", ".4f"),
+        )
         if key in eval_results
-    ]
+    ]  # fmt: skip
     return rows, matching
 
 

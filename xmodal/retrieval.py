@@ -99,15 +99,21 @@ class RetrievalResult:
     Args:
         indices (`torch.LongTensor` of shape `(k,)`): gallery indices (the index's ids for `search_images` /
             `search_texts`: gallery positions unless `ids` were given to `build_index`).
-        scores (`torch.FloatTensor` of shape `(k,)`): their cross-encoder scores, the aligned-class log-odds
-            (higher = better match).
+        scores (`torch.FloatTensor` of shape `(k,)`): the score they are ranked by (higher = better match): the fused
+            score of the two stages (`FashionBertModel.fuse_scores`) when the model's config has a `fusion_weight`,
+            else the cross-encoder's aligned-class log-odds.
         num_reranked (`int`): how many gallery items the cross-encoder scored (the whole gallery when the ranking is
             exact, `rerank_top_n` after the cheap pre-ranking, or the index's first-stage candidates).
+        log_odds (`torch.FloatTensor` of shape `(k,)`): the cross-encoder's aligned-class log-odds of each hit.
+        similarity (`torch.FloatTensor` of shape `(k,)`, *optional*): with dual-encoder heads, the cosine of the hit's
+            and the query's embeddings (the first stage's score); None without them.
     """
 
     indices: torch.Tensor
     scores: torch.Tensor
     num_reranked: int
+    log_odds: torch.Tensor | None = None
+    similarity: torch.Tensor | None = None
 
 
 @dataclass
@@ -465,10 +471,15 @@ class FashionRetriever(_CachedRetriever):
         summed = (embeddings * keep.unsqueeze(-1)).sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp_min(1)
         return F.normalize(summed, dim=-1)
 
-    def _cross_scores(
-        self, encoded: dict[str, torch.Tensor], features: torch.Tensor, text_indices, image_indices
-    ) -> torch.Tensor:
-        return self.model.score_pairs(
+    def _rerank_scores(
+        self, encoded: dict[str, torch.Tensor], features: torch.Tensor, text_indices, image_indices,
+        similarity: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        `(scores, log_odds)` of the pairs: the cross-encoder's log-odds, and the score they are ranked by (fused with
+        the first stage's `similarity` when the model has a fusion weight, else the log-odds themselves).
+        """
+        log_odds = self.model.score_pairs(
             encoded["input_ids"],
             encoded["attention_mask"],
             features,
@@ -477,6 +488,9 @@ class FashionRetriever(_CachedRetriever):
             token_type_ids=encoded.get("token_type_ids"),
             batch_size=self.batch_size,
         )
+        if similarity is None or self.model.config.fusion_weight is None:
+            return log_odds, log_odds
+        return self.model.bert.fuse_scores(log_odds, similarity.float()).cpu(), log_odds
 
     def _candidates(self, prescores: torch.Tensor, top_k: int) -> torch.Tensor:
         """All positions when the gallery is small enough, else the pre-ranking's best `max(rerank_top_n, top_k)`."""
@@ -486,11 +500,16 @@ class FashionRetriever(_CachedRetriever):
         # Sorted back into gallery order, so ties in the cross-encoder score still go to the lower gallery index.
         return torch.sort(_top_k(prescores, max(self.rerank_top_n, top_k), descending=True)).values
 
-    def _finish(self, candidates: torch.Tensor, scores: torch.Tensor, top_k: int) -> RetrievalResult:
-        best = _top_k(scores, top_k, descending=True)
+    @staticmethod
+    def _finish(
+        ids: torch.Tensor, scores: torch.Tensor, log_odds: torch.Tensor, similarity: torch.Tensor | None, top_k: int
+    ) -> RetrievalResult:
+        """The `top_k` best of the scored candidates `ids` (ties to the earlier candidate)."""
+        best = _top_k(scores, min(top_k, ids.numel()), descending=True)
         return RetrievalResult(
-            indices=candidates[best].clone(), scores=scores[best].clone(), num_reranked=int(candidates.numel())
-        )
+            indices=ids[best].clone(), scores=scores[best].clone(), num_reranked=int(ids.numel()),
+            log_odds=log_odds[best].clone(), similarity=None if similarity is None else similarity[best].float().clone(),
+        )  # fmt: skip
 
     # ---- ranking ----
 
@@ -513,8 +532,9 @@ class FashionRetriever(_CachedRetriever):
         encoded = self._tokenize([text])
         prescores = vectors @ self._text_vectors(encoded)[0]
         candidates = self._candidates(prescores, top_k)
-        scores = self._cross_scores(encoded, features, torch.zeros_like(candidates), candidates)
-        return self._finish(candidates, scores, min(top_k, candidates.numel()))
+        similarity = prescores[candidates] if self.has_dual_encoder else None
+        scores, log_odds = self._rerank_scores(encoded, features, torch.zeros_like(candidates), candidates, similarity)
+        return self._finish(candidates, scores, log_odds, similarity, top_k)
 
     def rank_texts(self, image: ImageInput, texts: Sequence[str], top_k: int = 5) -> RetrievalResult:
         """
@@ -535,8 +555,9 @@ class FashionRetriever(_CachedRetriever):
         encoded = self._tokenize(list(texts))
         prescores = self._text_vectors(encoded) @ vectors[0]
         candidates = self._candidates(prescores, top_k)
-        scores = self._cross_scores(encoded, features, candidates, torch.zeros_like(candidates))
-        return self._finish(candidates, scores, min(top_k, candidates.numel()))
+        similarity = prescores[candidates] if self.has_dual_encoder else None
+        scores, log_odds = self._rerank_scores(encoded, features, candidates, torch.zeros_like(candidates), similarity)
+        return self._finish(candidates, scores, log_odds, similarity, top_k)
 
     # ---- indexed search (dual-encoder heads) ----
 
@@ -719,10 +740,13 @@ class FashionRetriever(_CachedRetriever):
         if self._image_index is None:
             raise ValueError("no image index: call build_index(images) or load_index(folder) first.")
         encoded = self._tokenize([text])
-        candidates = _first_stage(self._image_index, self._text_vectors(encoded)[0], max(first_stage_k, top_k))
-        features, _ = self.encode_images([self._indexed_images[p] for p in candidates.tolist()])
-        scores = self._cross_scores(encoded, features, torch.zeros_like(candidates), torch.arange(candidates.numel()))
-        return self._indexed_result(self._image_index, candidates, scores, top_k)
+        text_vector = self._text_vectors(encoded)[0]
+        candidates = _first_stage(self._image_index, text_vector, max(first_stage_k, top_k))
+        features, vectors = self.encode_images([self._indexed_images[p] for p in candidates.tolist()])
+        scores, log_odds = self._rerank_scores(
+            encoded, features, torch.zeros_like(candidates), torch.arange(candidates.numel()), vectors @ text_vector
+        )
+        return self._finish(torch.from_numpy(self._image_index.ids)[candidates], scores, log_odds, vectors @ text_vector, top_k)
 
     def search_texts(self, image: ImageInput, top_k: int = 10, first_stage_k: int = 100) -> RetrievalResult:
         """
@@ -740,14 +764,11 @@ class FashionRetriever(_CachedRetriever):
         features, vectors = self.encode_images([image])
         candidates = _first_stage(self._text_index, vectors[0], max(first_stage_k, top_k))
         encoded = self._tokenize([self._indexed_texts[p] for p in candidates.tolist()])
-        scores = self._cross_scores(encoded, features, torch.arange(candidates.numel()), torch.zeros_like(candidates))
-        return self._indexed_result(self._text_index, candidates, scores, top_k)
-
-    @staticmethod
-    def _indexed_result(index: EmbeddingIndex, candidates: torch.Tensor, scores: torch.Tensor, top_k: int):
-        best = _top_k(scores, min(top_k, candidates.numel()), descending=True)
-        ids = torch.from_numpy(index.ids)[candidates[best]]
-        return RetrievalResult(indices=ids, scores=scores[best].clone(), num_reranked=int(candidates.numel()))
+        similarity = self._text_vectors(encoded) @ vectors[0]
+        scores, log_odds = self._rerank_scores(
+            encoded, features, torch.arange(candidates.numel()), torch.zeros_like(candidates), similarity
+        )
+        return self._finish(torch.from_numpy(self._text_index.ids)[candidates], scores, log_odds, similarity, top_k)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

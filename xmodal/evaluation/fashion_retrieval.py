@@ -50,6 +50,14 @@ __all__ = [
     "matching_metrics_from_scores",
     "evaluate_pair_scorer",
     "evaluate_fashion_retrieval",
+    "ProtocolDraws",
+    "draw_protocol",
+    "protocol_result",
+    "mean_reciprocal_rank",
+    "listwise_log_likelihood",
+    "score_protocol_pairs",
+    "choose_fusion_weight",
+    "FUSION_WEIGHTS",
 ]
 
 DIRECTIONS: tuple[str, ...] = ("image_to_text", "text_to_image")
@@ -340,6 +348,171 @@ class FashionRetrievalResult:
         return "\n".join(lines)
 
 
+@dataclass
+class ProtocolDraws:
+    """The draws of the protocol and the unique (text row, image row) pairs they score, each pair once.
+
+    Attributes:
+        draws: per draw, the retrieval protocol of each direction and the matching pairs (or None).
+        text_rows, image_rows (`np.ndarray`): (P,) the unique pairs, in the order a scorer scores them.
+        cells (`np.ndarray`): position in the unique pairs of every scored cell, in draw order (directions' queries x
+            candidates, then the matching pairs' positives and negatives).
+        num_products, num_negatives, seed, matching: the protocol's sizes and settings.
+    """
+
+    draws: list[tuple[dict[str, RetrievalProtocol], MatchingPairs | None]]
+    text_rows: np.ndarray
+    image_rows: np.ndarray
+    cells: np.ndarray
+    num_products: int
+    num_negatives: int
+    seed: int
+    matching: bool
+
+
+def draw_protocol(
+    product_ids: Sequence,
+    subcategories: Sequence | None = None,
+    num_queries: int = 1000, num_negatives: int = 100, num_draws: int = 3, seed: int = 0,
+    directions: Sequence[str] = DIRECTIONS,
+    matching: bool = True,
+) -> ProtocolDraws:
+    """Draws the protocol (module docstring) and lists the unique pairs to score; arguments as `evaluate_pair_scorer`."""
+    if num_draws < 1:
+        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    product_ids = list(product_ids)
+    subcategories = None if subcategories is None else list(subcategories)
+    draws = []
+    text_parts, image_parts = [], []
+    for d in range(num_draws):
+        protocols = {
+            x: build_retrieval_protocol(product_ids, subcategories, num_queries, num_negatives, seed + d, x)
+            for x in directions
+        }
+        pairs = build_matching_pairs(product_ids, subcategories, seed + d) if matching else None
+        draws.append((protocols, pairs))
+        for protocol in protocols.values():
+            t, i = protocol.pair_rows()
+            text_parts.append(t.reshape(-1))
+            image_parts.append(i.reshape(-1))
+        if pairs is not None:
+            text_parts += [pairs.positive_text_rows, pairs.negative_text_rows]
+            image_parts += [pairs.image_rows, pairs.image_rows]
+    num_rows = len(product_ids)
+    keys = np.concatenate(text_parts).astype(np.int64) * num_rows + np.concatenate(image_parts)
+    unique_keys, cells = np.unique(keys, return_inverse=True)
+    return ProtocolDraws(
+        draws=draws, text_rows=unique_keys // num_rows, image_rows=unique_keys % num_rows, cells=cells,
+        num_products=len(representative_rows(product_ids)), num_negatives=num_negatives, seed=seed, matching=matching,
+    )  # fmt: skip
+
+
+def _blocks(protocol: ProtocolDraws, scores: np.ndarray):
+    """Per draw: ({direction: (Q, 1 + negatives) score block}, (positive, negative) matching scores or None)."""
+    all_scores, offset = scores[protocol.cells], 0
+    for protocols, pairs in protocol.draws:
+        blocks = {}
+        for x, direction_protocol in protocols.items():
+            shape = direction_protocol.candidate_rows.shape
+            blocks[x] = all_scores[offset : offset + shape[0] * shape[1]].reshape(shape)
+            offset += shape[0] * shape[1]
+        matching = None
+        if pairs is not None:
+            n = len(pairs.image_rows)
+            matching = (all_scores[offset : offset + n], all_scores[offset + n : offset + 2 * n])
+            offset += 2 * n
+        yield protocols, blocks, matching
+
+
+def protocol_result(
+    protocol: ProtocolDraws, scores, matching_threshold: float | None = 0.0, matching_prefix: str = "tia"
+) -> FashionRetrievalResult:
+    """
+    The protocol's metrics from the scores of its unique pairs (`protocol.text_rows`, `protocol.image_rows`).
+
+    Args:
+        protocol: from `draw_protocol`.
+        scores: (P,) one score per unique pair (higher = better match).
+        matching_threshold: score above which a pair counts as "aligned" for the matching accuracy; None reports the
+            AUC alone (for scores without a natural threshold, such as a cosine similarity).
+        matching_prefix: the matching metrics' key prefix ("tia" for the alignment head: "tia/accuracy", "tia/auc").
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.shape[0] != protocol.text_rows.shape[0]:
+        raise ValueError(f"score_pairs returned {scores.shape[0]} scores for {protocol.text_rows.shape[0]} pairs")
+    per_draw, num_q = [], {}
+    same_total, negatives_total = 0, 0
+    for protocols, blocks, matching in _blocks(protocol, scores):
+        metrics = {}
+        for x, block in blocks.items():
+            for name, value in retrieval_metrics_from_scores(block, protocols[x].ground_truth).items():
+                if name != "num_queries":
+                    metrics[f"{x}/{name}"] = value
+            num_q[x] = block.shape[0]
+            same_total += int(protocols[x].num_same_subcategory.sum())
+            negatives_total += block.shape[0] * (block.shape[1] - 1)
+        if matching is not None:
+            values = matching_metrics_from_scores(*matching, 0.0 if matching_threshold is None else matching_threshold)
+            if matching_threshold is None:
+                values.pop("accuracy")
+            metrics.update({f"{matching_prefix}/{name}": value for name, value in values.items()})
+        per_draw.append(metrics)
+    names = list(per_draw[0])
+    values = {k: np.array([m[k] for m in per_draw]) for k in names}
+    return FashionRetrievalResult(
+        metrics={k: float(v.mean()) for k, v in values.items()},
+        std={k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+        per_draw=per_draw,
+        num_queries=num_q,
+        num_negatives=protocol.num_negatives,
+        num_draws=len(protocol.draws),
+        num_products=protocol.num_products,
+        same_subcategory_fraction=same_total / negatives_total if negatives_total else float("nan"),
+        protocol={"seed": protocol.seed, "directions": list(num_q), "matching": protocol.matching,
+                  "matching_threshold": matching_threshold, "num_unique_pairs": int(protocol.text_rows.shape[0])},
+    )  # fmt: skip
+
+
+def mean_reciprocal_rank(protocol: ProtocolDraws, scores) -> float:
+    """The mean over draws and directions of the mean reciprocal rank of the ground truth (a smoother criterion
+    than Rank@1 for choosing between scorers on a few hundred queries)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    values = [
+        float(np.mean(1.0 / rank_of_ground_truth(block, protocols[x].ground_truth)))
+        for protocols, blocks, _ in _blocks(protocol, scores)
+        for x, block in blocks.items()
+    ]
+    return float(np.mean(values))
+
+
+def listwise_log_likelihood(protocol: ProtocolDraws, scores) -> float:
+    """
+    The mean log-probability of each query's ground truth under a softmax over its candidates' scores, at the one
+    temperature (shared by all queries) that makes it largest: how well the scores rank, graded by their margins
+    rather than by ranks alone, and blind to the scores' overall scale. Smoother than Rank@1 or the reciprocal rank,
+    so it tells two scorers apart on fewer queries (the criterion of `choose_fusion_weight`).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    blocks = [block for _, direction_blocks, _ in _blocks(protocol, scores) for block in direction_blocks.values()]
+    matrix = np.concatenate([block - block[:, :1] for block in blocks])  # each candidate's margin over the truth
+
+    def log_likelihood(log_temperature: float) -> float:
+        scaled = np.exp(log_temperature) * matrix
+        top = scaled.max(axis=1, keepdims=True)
+        return float(-np.mean(top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))))
+
+    # The log-likelihood is concave in the temperature; golden-section search over its logarithm.
+    low, high = -12.0, 12.0
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(80):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if log_likelihood(a) < log_likelihood(b):
+            low = a
+        else:
+            high = b
+    return log_likelihood((low + high) / 2.0)
+
+
 def evaluate_pair_scorer(
     score_pairs: Callable[[np.ndarray, np.ndarray], np.ndarray],
     product_ids: Sequence,
@@ -361,72 +534,9 @@ def evaluate_pair_scorer(
         matching: also compute TIA accuracy and AUC.
         matching_threshold: score above which a pair is classified "aligned".
     """
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-    product_ids = list(product_ids)
-    subcategories = None if subcategories is None else list(subcategories)
-    draws = []
-    text_parts, image_parts = [], []
-    for d in range(num_draws):
-        protocols = {
-            x: build_retrieval_protocol(product_ids, subcategories, num_queries, num_negatives, seed + d, x)
-            for x in directions
-        }
-        pairs = build_matching_pairs(product_ids, subcategories, seed + d) if matching else None
-        draws.append((protocols, pairs))
-        for protocol in protocols.values():
-            t, i = protocol.pair_rows()
-            text_parts.append(t.reshape(-1))
-            image_parts.append(i.reshape(-1))
-        if pairs is not None:
-            text_parts += [pairs.positive_text_rows, pairs.negative_text_rows]
-            image_parts += [pairs.image_rows, pairs.image_rows]
-
-    # Score each unique (text, image) pair once.
-    num_rows = len(product_ids)
-    keys = np.concatenate(text_parts).astype(np.int64) * num_rows + np.concatenate(image_parts)
-    unique_keys, inverse = np.unique(keys, return_inverse=True)
-    scores = np.asarray(score_pairs(unique_keys // num_rows, unique_keys % num_rows), dtype=np.float64).reshape(-1)
-    if scores.shape[0] != unique_keys.shape[0]:
-        raise ValueError(f"score_pairs returned {scores.shape[0]} scores for {unique_keys.shape[0]} pairs")
-    all_scores = scores[inverse]
-
-    per_draw, offset = [], 0
-    same_total, negatives_total = 0, 0
-    num_q = {}
-    for protocols, pairs in draws:
-        metrics = {}
-        for x, protocol in protocols.items():
-            shape = protocol.candidate_rows.shape
-            block = all_scores[offset: offset + shape[0] * shape[1]].reshape(shape)
-            offset += shape[0] * shape[1]
-            for name, value in retrieval_metrics_from_scores(block, protocol.ground_truth).items():
-                if name != "num_queries":
-                    metrics[f"{x}/{name}"] = value
-            num_q[x] = shape[0]
-            same_total += int(protocol.num_same_subcategory.sum())
-            negatives_total += shape[0] * (shape[1] - 1)
-        if pairs is not None:
-            n = len(pairs.image_rows)
-            pos, neg = all_scores[offset: offset + n], all_scores[offset + n: offset + 2 * n]
-            offset += 2 * n
-            for name, value in matching_metrics_from_scores(pos, neg, matching_threshold).items():
-                metrics[f"tia/{name}"] = value
-        per_draw.append(metrics)
-    names = list(per_draw[0])
-    values = {k: np.array([m[k] for m in per_draw]) for k in names}
-    return FashionRetrievalResult(
-        metrics={k: float(v.mean()) for k, v in values.items()},
-        std={k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
-        per_draw=per_draw,
-        num_queries=num_q,
-        num_negatives=num_negatives,
-        num_draws=num_draws,
-        num_products=len(representative_rows(product_ids)),
-        same_subcategory_fraction=same_total / negatives_total if negatives_total else float("nan"),
-        protocol={"seed": seed, "directions": list(directions), "matching": matching,
-                  "matching_threshold": matching_threshold, "num_unique_pairs": int(unique_keys.shape[0])},
-    )
+    protocol = draw_protocol(product_ids, subcategories, num_queries, num_negatives, num_draws, seed, directions, matching)
+    scores = np.asarray(score_pairs(protocol.text_rows, protocol.image_rows), dtype=np.float64).reshape(-1)
+    return protocol_result(protocol, scores, matching_threshold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,6 +685,105 @@ def _model_device(model, device):
         return torch.device("cpu")
 
 
+def _dual_encoder(model):
+    """The model's encoder with trained dual-encoder heads (`contrastive_projection_dim`), or None."""
+    base = getattr(model, "base_model", None)
+    config = getattr(model, "config", None)
+    if getattr(config, "contrastive_projection_dim", None) is None or not hasattr(base, "get_text_embeddings"):
+        return None
+    return base
+
+
+def score_protocol_pairs(
+    model, eval_data, text_rows: np.ndarray, image_rows: np.ndarray, processor=None, max_text_length: int | None = None,
+    batch_size: int = 64, device=None, show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """
+    Scores (text row, image row) pairs of `eval_data` with a FashionBERT retrieval model.
+
+    Returns:
+        `{"cross_encoder": (P,) aligned-class log-odds}`, plus `"first_stage"`: (P,) cosine similarities of the
+        dual-encoder embeddings (`get_text_embeddings` / `get_image_embeddings`) when the model has the heads. Every
+        text and image is encoded once, pairs are scored in chunks sorted by text length (each cut to its longest text).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    device = _model_device(model, device)
+    text_ids, text_local = np.unique(text_rows, return_inverse=True)
+    image_ids, image_local = np.unique(image_rows, return_inverse=True)
+    texts = _encode_texts(eval_data, text_ids, processor, max_text_length)
+    features = _encode_images(model, eval_data, image_ids, processor, batch_size, device, show_progress)
+    lengths = texts["attention_mask"].sum(1).numpy()
+    order = np.argsort(lengths[text_local], kind="stable")
+    cross = np.empty(len(text_rows), dtype=np.float64)
+    chunk = batch_size * 8
+    with tqdm(total=len(order), desc="Scoring pairs", disable=not show_progress, unit="pair") as bar:
+        for start in range(0, len(order), chunk):
+            idx = order[start: start + chunk]
+            t_ids, t_loc = np.unique(text_local[idx], return_inverse=True)
+            i_ids, i_loc = np.unique(image_local[idx], return_inverse=True)
+            batch = _trimmed(texts, torch.as_tensor(t_ids), device)
+            with torch.no_grad():
+                s = model.score_pairs(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    patch_features=features.index_select(0, torch.as_tensor(i_ids)).to(device),
+                    text_indices=torch.as_tensor(t_loc, device=device),
+                    image_indices=torch.as_tensor(i_loc, device=device),
+                    token_type_ids=batch.get("token_type_ids"),
+                    batch_size=batch_size,
+                    show_progress=False,
+                )
+            cross[idx] = s.detach().float().cpu().numpy().reshape(-1)
+            bar.update(len(idx))
+    scores = {"cross_encoder": cross}
+    encoder = _dual_encoder(model)
+    if encoder is not None:
+        with torch.no_grad():
+            text_vectors = torch.cat([
+                encoder.get_text_embeddings(**_trimmed(texts, torch.arange(start, min(start + batch_size, len(text_ids))), device)).float().cpu()
+                for start in range(0, len(text_ids), batch_size)
+            ])  # fmt: skip
+            image_vectors = torch.cat([
+                encoder.get_image_embeddings(patch_features=features[start: start + batch_size].to(device)).float().cpu()
+                for start in range(0, len(image_ids), batch_size)
+            ])  # fmt: skip
+        similarity = (text_vectors[torch.as_tensor(text_local)] * image_vectors[torch.as_tensor(image_local)]).sum(-1)
+        scores["first_stage"] = similarity.double().numpy()
+    return scores
+
+
+def _trimmed(texts: dict, rows, device) -> dict:
+    """The encoded texts at `rows`, without the columns that are padding in all of them (either padding side)."""
+    import torch
+
+    mask = texts["attention_mask"].index_select(0, rows)
+    keep = torch.nonzero(mask.any(dim=0)).flatten()
+    return {k: v.index_select(0, rows).index_select(1, keep).to(device) for k, v in texts.items()}
+
+
+def _fused(model, scores: dict[str, np.ndarray], weight: float) -> np.ndarray:
+    import torch
+
+    fused = model.base_model.fuse_scores(
+        torch.as_tensor(scores["cross_encoder"]), torch.as_tensor(scores["first_stage"]), weight=weight
+    )
+    return fused.double().cpu().numpy()
+
+
+def _add_scorer(result: FashionRetrievalResult, other: FashionRetrievalResult, prefix: str) -> None:
+    """Adds `other`'s metrics to `result` under `prefix/` (its matching metrics already carry the prefix)."""
+
+    def named(key: str) -> str:
+        return key if key.startswith(f"{prefix}/") else f"{prefix}/{key}"
+
+    result.metrics.update({named(k): v for k, v in other.metrics.items()})
+    result.std.update({named(k): v for k, v in other.std.items()})
+    for mine, theirs in zip(result.per_draw, other.per_draw):
+        mine.update({named(k): v for k, v in theirs.items()})
+
+
 def evaluate_fashion_retrieval(
     model,
     eval_data,
@@ -591,6 +800,13 @@ def evaluate_fashion_retrieval(
     show_progress: bool = True,
 ) -> FashionRetrievalResult:
     """Evaluates a FashionBERT retrieval model with the paper's protocol (module docstring).
+
+    The paper's score is the cross-encoder's (the alignment head's log-odds): the unprefixed keys
+    ("image_to_text/R@1", ..., "tia/accuracy", "tia/auc"). A model with dual-encoder heads
+    (`config.contrastive_projection_dim`) is also scored on the same pairs by its first stage alone, the cosine of
+    its text and image embeddings ("first_stage/image_to_text/R@1", ..., "first_stage/auc"), and, when its config has
+    a `fusion_weight`, by the score the product ranks with (`fuse_scores`: "fused/image_to_text/R@1", ...,
+    "fused/auc"). Accuracy needs a threshold, so only the cross-encoder reports it.
 
     Args:
         model: a `FashionBertForImageTextRetrieval` (or any object with `score_pairs` and
@@ -613,66 +829,94 @@ def evaluate_fashion_retrieval(
     Only the rows that take part (one representative row per product) are encoded; every image's
     patch features are computed once and every unique pair is scored once.
     """
-    import torch
-    from tqdm.auto import tqdm
+    protocol, scores = _score_protocol(
+        model, eval_data, processor, num_queries, num_negatives, num_draws, seed, batch_size, directions, matching,
+        max_text_length, product_id_column, subcategory_column, device, show_progress,
+    )  # fmt: skip
+    result = protocol_result(protocol, scores["cross_encoder"], matching_threshold)
+    if "first_stage" in scores:
+        _add_scorer(result, protocol_result(protocol, scores["first_stage"], None, "first_stage"), "first_stage")
+        weight = model.config.fusion_weight
+        if weight is not None:
+            _add_scorer(result, protocol_result(protocol, _fused(model, scores, weight), None, "fused"), "fused")
+            result.protocol["fusion_weight"] = weight
+    return result
 
+
+# Candidate fusion weights `choose_fusion_weight` tries: the cross-encoder's share, in steps of 0.05.
+FUSION_WEIGHTS = tuple(round(0.05 * k, 2) for k in range(21))
+
+
+def choose_fusion_weight(
+    model,
+    validation_data,
+    processor=None,
+    num_queries: int = 1000, num_negatives: int = 100, seed: int = 0,
+    batch_size: int = 64,
+    weights: Sequence[float] = FUSION_WEIGHTS,
+    max_text_length: int | None = None,
+    product_id_column: str = "product_id",
+    subcategory_column: str = "subcategory",
+    device=None,
+    show_progress: bool = True,
+) -> tuple[float, dict[float, dict[str, float]]]:
+    """
+    The fusion weight (`FashionBertConfig.fusion_weight`, the cross-encoder's share) that ranks best on a
+    validation split: one draw of the retrieval protocol on `validation_data` (both directions), each candidate
+    weight graded by the listwise log-likelihood of the ground truth (`listwise_log_likelihood`: margins, not only
+    ranks, so a few hundred queries tell the weights apart with less noise than Rank@1 or the reciprocal rank, which
+    are reported beside it); the smallest weight wins a tie (0 = the first stage alone, the cheaper ranking). Never
+    pass the test split: the weight is part of the model.
+
+    Returns:
+        `(weight, {weight: {"log_likelihood", "mrr", "image_to_text/R@1", "text_to_image/R@1"}})`.
+
+    Raises:
+        ValueError: the model has no dual-encoder heads, or `weights` is empty or outside [0, 1].
+    """
+    if _dual_encoder(model) is None:
+        raise ValueError("choosing a fusion weight needs a model with dual-encoder heads (`contrastive_projection_dim`).")
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"`weights` must be a non-empty list of numbers in [0, 1], got {list(weights)}.")
+    protocol, scores = _score_protocol(
+        model, validation_data, processor, num_queries, num_negatives, 1, seed, batch_size, DIRECTIONS, False,
+        max_text_length, product_id_column, subcategory_column, device, show_progress,
+    )  # fmt: skip
+    table = {}
+    for weight in weights:
+        fused = _fused(model, scores, float(weight))
+        ranks = protocol_result(protocol, fused, None).metrics
+        table[float(weight)] = {
+            "log_likelihood": listwise_log_likelihood(protocol, fused),
+            "mrr": mean_reciprocal_rank(protocol, fused),
+            **{f"{d}/R@1": ranks[f"{d}/R@1"] for d in DIRECTIONS},
+        }
+    best = max(row["log_likelihood"] for row in table.values())
+    return min(w for w, row in table.items() if row["log_likelihood"] >= best - 1e-12), table
+
+
+def _score_protocol(
+    model, eval_data, processor, num_queries, num_negatives, num_draws, seed, batch_size, directions, matching,
+    max_text_length, product_id_column, subcategory_column, device, show_progress,
+) -> tuple[ProtocolDraws, dict[str, np.ndarray]]:
+    """Draws the protocol on `eval_data` and scores its unique pairs (`score_protocol_pairs`), in eval mode."""
     product_ids = _column(eval_data, product_id_column)
     if product_ids is None:
         raise ValueError(f"evaluation data has no {product_id_column!r} column (product_id_column)")
     subcategories = _column(eval_data, subcategory_column)
-    device = _model_device(model, device)
+    protocol = draw_protocol(
+        list(product_ids), None if subcategories is None else list(subcategories), num_queries, num_negatives,
+        num_draws, seed, directions, matching,
+    )  # fmt: skip
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-
-    def score(text_rows: np.ndarray, image_rows: np.ndarray) -> np.ndarray:
-        text_ids, text_local = np.unique(text_rows, return_inverse=True)
-        image_ids, image_local = np.unique(image_rows, return_inverse=True)
-        texts = _encode_texts(eval_data, text_ids, processor, max_text_length)
-        features = _encode_images(model, eval_data, image_ids, processor, batch_size, device, show_progress)
-        lengths = texts["attention_mask"].sum(1).numpy()
-        # Pairs sorted by text length, so each chunk is cut to its longest text (less padding).
-        order = np.argsort(lengths[text_local], kind="stable")
-        out = np.empty(len(text_rows), dtype=np.float64)
-        chunk = batch_size * 8
-        with tqdm(total=len(order), desc="Scoring pairs", disable=not show_progress, unit="pair") as bar:
-            for start in range(0, len(order), chunk):
-                idx = order[start: start + chunk]
-                t_ids, t_loc = np.unique(text_local[idx], return_inverse=True)
-                i_ids, i_loc = np.unique(image_local[idx], return_inverse=True)
-                t_sel = torch.as_tensor(t_ids)
-                mask = texts["attention_mask"].index_select(0, t_sel)
-                # Drop the columns that are padding in every text of the chunk (either padding side).
-                keep = torch.nonzero(mask.any(dim=0)).flatten()
-                batch = {k: v.index_select(0, t_sel).index_select(1, keep).to(device) for k, v in texts.items()}
-                with torch.no_grad():
-                    s = model.score_pairs(
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        patch_features=features.index_select(0, torch.as_tensor(i_ids)).to(device),
-                        text_indices=torch.as_tensor(t_loc, device=device),
-                        image_indices=torch.as_tensor(i_loc, device=device),
-                        token_type_ids=batch.get("token_type_ids"),
-                        batch_size=batch_size,
-                        show_progress=False,
-                    )
-                out[idx] = s.detach().float().cpu().numpy().reshape(-1)
-                bar.update(len(idx))
-        return out
-
     try:
-        return evaluate_pair_scorer(
-            score,
-            product_ids=list(product_ids),
-            subcategories=None if subcategories is None else list(subcategories),
-            num_queries=num_queries,
-            num_negatives=num_negatives,
-            num_draws=num_draws,
-            seed=seed,
-            directions=directions,
-            matching=matching,
-            matching_threshold=matching_threshold,
-        )
+        scores = score_protocol_pairs(
+            model, eval_data, protocol.text_rows, protocol.image_rows, processor, max_text_length, batch_size, device,
+            show_progress,
+        )  # fmt: skip
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
+    return protocol, scores

@@ -1,7 +1,9 @@
 # Copyright 2025 The xmodal authors. Licensed under the Apache License, Version 2.0.
 """
 `fashion-retrieval`: a transformers pipeline that ranks candidate images for a text, or candidate texts for an image,
-with a FashionBERT checkpoint's alignment score (the log-odds of "aligned", `tia_logits[:, 0] - tia_logits[:, 1]`).
+with a FashionBERT checkpoint's score: the log-odds of "aligned" (`tia_logits[:, 0] - tia_logits[:, 1]`), or, for a
+model with dual-encoder heads and a fusion weight in its config, the fused score retrieval ranks by
+(`FashionBertModel.fuse_scores`: the first stage's contrastive logit blended with those log-odds).
 
 Saved folders carry this file and a `custom_pipelines` entry in `config.json`, so that without xmodal:
 
@@ -17,8 +19,8 @@ search(image_a, candidate_texts=["Red pleated skirt.", "Black wool coat."])
 
 A query is a text when it is a `str`; anything else (a PIL image, a NumPy array or torch tensor, a `pathlib.Path` to
 an image file) is an image query. A list of queries gives a list of rankings. Every (query, candidate) pair goes
-through the cross-encoder (FashionBERT has no separate embeddings to compare), `pair_batch_size` pairs per forward
-pass, each image's patch features computed once.
+through the cross-encoder, `pair_batch_size` pairs per forward pass, each image's patch features computed once (and,
+with a fusion weight, each text and image embedded once by the dual-encoder heads).
 
 This file imports only transformers, torch and the standard library: it runs as remote code in a folder on its own.
 """
@@ -98,8 +100,8 @@ class FashionRetrievalPipeline(Pipeline):
     `candidate_images` (for a `str` query) and `candidate_texts` (for an image query) is given. Returns a list of
     `{"score": float, "index": int, "image": candidate}` (text query) or `{"score": float, "index": int, "text": str}`
     (image query), sorted by score, highest first (ties keep the candidates' order); `index` is the candidate's
-    position in the list given, `score` the alignment log-odds (higher = better match). `top_k` keeps the best
-    `top_k` (default: all).
+    position in the list given, `score` the model's ranking score (higher = better match): the fused score when its
+    config has a `fusion_weight`, else the alignment log-odds. `top_k` keeps the best `top_k` (default: all).
 
     The model needs the alignment head: `FashionBertForPreTraining` (the folders train.py writes, loaded through
     `AutoModelForPreTraining`) or `FashionBertForImageTextRetrieval`; the components come from the checkpoint's
@@ -206,7 +208,14 @@ class FashionRetrievalPipeline(Pipeline):
             )
             logits = output.tia_logits
             scores.append((logits[:, 0] - logits[:, 1]).float())
-        return {"scores": torch.cat(scores), "direction": inputs["direction"], "candidates": inputs["candidates"]}
+        scores = torch.cat(scores)
+        encoder = self.model.base_model
+        if encoder.config.fusion_weight is not None:  # the product's score: fused with the first stage's similarity
+            text_vectors = encoder.get_text_embeddings(input_ids, attention_mask, token_type_ids)
+            image_vectors = encoder.get_image_embeddings(patch_features=features, patch_mask=inputs["patch_mask"])
+            similarity = (text_vectors[text_index] * image_vectors[image_index]).sum(-1)
+            scores = encoder.fuse_scores(scores, similarity)
+        return {"scores": scores, "direction": inputs["direction"], "candidates": inputs["candidates"]}
 
     def postprocess(self, outputs: dict[str, Any], top_k: int | None = None) -> list[dict[str, Any]]:
         scores = outputs["scores"].cpu()
