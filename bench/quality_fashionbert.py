@@ -1,15 +1,17 @@
 """FashionBERT quality on the synthetic fashion test bed: the default recipe, each of its levers off in turn, the
 task weightings, MPM, the alignment heads, the patch features, a CLIP-style dual encoder and transformers' ViLT.
 
-Every row trains on the same data with the same wall-clock budget on this project's 2-core CPU machine: the default
-recipe's 150 steps take `150 x s_default` seconds there, and each row gets the steps its own CPU step time buys in
-that time (`--time_steps` measures the step times here, into `quality_fashionbert_timing.json`). The table itself can
-then run anywhere (a GPU runs it in minutes; the steps are the CPU budget's, so the numbers are the CPU run's up to
-floating-point noise), 3 seeds per row, and is scored with the paper's protocol (1 positive + 100 negatives of the
-same sub-category, topped up from others, every test product a query; chance about 1 %) and the matching AUC.
+Every row trains the same number of steps (the quick recipe's, `--steps` to change it) on the same data, so the same
+seed gives the same numbers on any machine up to floating-point noise; `--budget` gives each row instead the steps its
+own CPU step time buys in the default's time (`--time_steps` measures them, into `quality_fashionbert_timing.json`).
+3 seeds per row, scored with the paper's protocol (1 positive + 100 negatives of the same sub-category, topped up from
+others, every test product a query; chance about 1 %) and the matching AUC. A FashionBERT with dual-encoder heads is
+scored three ways on the same pairs: its cross-encoder (the paper's score), its first stage alone, and the fused score
+retrieval ranks by, with the fusion weight chosen on the validation split (`choose_fusion_weight`). Rows train in
+bf16 autocast where the device computes it natively (`precision` "auto"), as train.py does.
 
     python bench/quality_fashionbert.py --time_steps 12                        # CPU seconds per step of every row
-    python bench/quality_fashionbert.py --seeds 0 1 2 --device cuda --workers 8  # the table -> quality_fashionbert.json
+    python bench/quality_fashionbert.py --seeds 0 1 2 --workers 2 --threads 1  # the table -> quality_fashionbert.json
     python bench/quality_fashionbert.py --rows default --seeds 0 --steps 4     # a smoke run (any machine)
 
 `--probe_heads` trains alignment heads alone on the frozen encoder as loaded (why the recipe's bilinear head).
@@ -44,9 +46,11 @@ from transformers import AutoTokenizer, BertModel, ViltConfig, ViltForImageAndTe
 from xmodal import FashionBertConfig, FashionBertForImageTextRetrieval, FashionBertForPreTraining, FashionBertImageProcessor
 from xmodal.data import FashionBertPretrainingCollator
 from xmodal.data.fashion_synthetic import generate_fashion_columns
-from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
+from xmodal.evaluation.fashion_retrieval import choose_fusion_weight, evaluate_fashion_retrieval
 from xmodal.fashionbert.modeling_fashionbert import FashionBertPatchEmbeddings, FashionBertPixelPatchifier
-from xmodal.training import FASHIONBERT_RECIPES, alignment_warmup_loss, optimizer_parameter_groups
+from xmodal.training import (
+    FASHIONBERT_RECIPES, alignment_warmup_loss, default_mixed_precision, optimizer_parameter_groups, training_attention,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPE = FASHIONBERT_RECIPES["quick"]
@@ -55,6 +59,11 @@ BATCH_SIZE = 16  # aligned pairs per step, as train.py
 # Row name -> settings over the default recipe. "model" picks FashionBERT, the dual encoder or ViLT.
 ROWS: dict[str, dict] = {
     "default": {},
+    "no contrastive task (the paper's three tasks)": {"contrastive_projection_dim": 0, "hard_negatives": 0},
+    "no hard negatives (the collator's same-sub-category ones)": {"hard_negatives": 0},
+    "1 hard negative per pair (alternating directions)": {"hard_negatives": 1},
+    "float32": {"precision": "no"},
+    "dropout 0.1 (the text model's)": {"dropout": None},
     "head cls (paper)": {"alignment_pooling": "cls"},
     "head text_patch_product": {"alignment_pooling": "text_patch_product"},
     "no alignment warm-up": {"alignment_warmup_steps": 0},
@@ -63,7 +72,7 @@ ROWS: dict[str, dict] = {
     "task weights loss_softmax": {"task_weighting": "loss_softmax"},
     "task weights fixed": {"task_weighting": "fixed"},
     "no MPM": {"mpm": False},
-    "+ contrastive task (ITC, 256-d)": {"contrastive_projection_dim": 256},
+    "hard negatives from step 0": {"hard_negative_warmup_steps": 0},
     "patch features: random ResNet-50 grid": {"patch_encoder": "resnet_grid"},
     "paper recipe (lr 2e-5, cls, no warm-up)": {
         "alignment_pooling": "cls",
@@ -87,7 +96,7 @@ SWEEP: dict[str, dict] = {
 
 
 # Settings that change what a step computes (and so its time); the others change only losses, heads or schedules.
-STRUCTURAL_SETTINGS = ("model", "patch_encoder", "batch_size", "contrastive_projection_dim")
+STRUCTURAL_SETTINGS = ("model", "patch_encoder", "batch_size", "contrastive_projection_dim", "hard_negatives", "precision")
 
 
 def settings_of(overrides: dict) -> dict:
@@ -99,6 +108,10 @@ def settings_of(overrides: dict) -> dict:
         "learning_rate": RECIPE.learning_rate,
         "new_modules_lr_multiplier": RECIPE.new_modules_lr_multiplier,
         "alignment_warmup_steps": RECIPE.alignment_warmup_steps,
+        "dropout": RECIPE.dropout,
+        "hard_negatives": RECIPE.hard_negatives,
+        "hard_negative_warmup_steps": RECIPE.hard_negative_warmup_steps,
+        "precision": "auto",
         "unmasked_warmup": True,
         "negative_curriculum_steps": RECIPE.negative_curriculum_steps,
         "task_weighting": "gradient",
@@ -220,10 +233,10 @@ class DualEncoder(nn.Module):
     projections to 256, cosine similarity with a learned temperature, symmetric InfoNCE over the batch.
     """
 
-    def __init__(self, text_model: str, patch_config: FashionBertConfig, projection_dim: int = 256):
+    def __init__(self, text_model: str, patch_config: FashionBertConfig, projection_dim: int = 256, **bert_overrides):
         super().__init__()
-        self.text_tower = BertModel.from_pretrained(text_model, add_pooling_layer=False)
-        self.image_tower = BertModel.from_pretrained(text_model, add_pooling_layer=False)
+        self.text_tower = BertModel.from_pretrained(text_model, add_pooling_layer=False, **bert_overrides)
+        self.image_tower = BertModel.from_pretrained(text_model, add_pooling_layer=False, **bert_overrides)
         self.patchifier = FashionBertPixelPatchifier(patch_config)
         self.patch_embeddings = FashionBertPatchEmbeddings(patch_config)
         self.patch_embeddings.apply(self.text_tower._init_weights)
@@ -267,12 +280,12 @@ class DualEncoder(nn.Module):
 class ViltRanker(nn.Module):
     """transformers' `ViltForImageAndTextRetrieval` at MiniLM's size, initialised from MiniLM where the weights match."""
 
-    def __init__(self, text_model: str, image_size: int, patch_size: int):
+    def __init__(self, text_model: str, image_size: int, patch_size: int, **bert_overrides):
         super().__init__()
         bert = BertModel.from_pretrained(text_model, add_pooling_layer=False)
         sizes = {k: getattr(bert.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")}
         config = ViltConfig(image_size=image_size, patch_size=patch_size, max_image_length=-1, **sizes,
-                            max_position_embeddings=bert.config.max_position_embeddings)
+                            max_position_embeddings=bert.config.max_position_embeddings, **bert_overrides)
         self.model = ViltForImageAndTextRetrieval(config)
         self.new_parameters = self._load_minilm(bert)
 
@@ -321,24 +334,35 @@ class ViltRanker(nn.Module):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def build(settings: dict, text_model: str):
-    """(model, names of its new parameters, collator kwargs, what the model reads: 'features' or 'pixels')."""
+def build(settings: dict, text_model: str, attention: str | None = None):
+    """
+    (model, names of its new parameters, collator kwargs, what the model reads: 'features' or 'pixels'). Every model
+    gets the row's dropout and, for transformers' encoders, the attention implementation train.py would train with.
+    """
+    dropout = {} if settings["dropout"] is None else {"hidden_dropout_prob": settings["dropout"], "attention_probs_dropout_prob": settings["dropout"]}
+    bert_overrides = {**dropout, **({"attn_implementation": attention} if attention else {})}
     if settings["model"] == "vilt":
-        model = ViltRanker(text_model, RECIPE.image_size, RECIPE.image_size // 8)
+        model = ViltRanker(text_model, RECIPE.image_size, RECIPE.image_size // 8, **dropout)
+        if attention:
+            model.model.set_attn_implementation(attention)
         return model, model.new_parameters, {"mlm_probability": 0.0, "mpm_probability": 0.0}, "pixels"
     patch_type = "resnet" if settings["patch_encoder"] == "resnet_grid" else "pixels"
     config = FashionBertConfig.from_text_config(
         text_model, image_size=RECIPE.image_size, patch_grid=8, patch_encoder_type=patch_type, patch_feature_mode="grid",
         task_weighting=settings["task_weighting"], alignment_pooling=settings["alignment_pooling"],
-        contrastive_projection_dim=settings["contrastive_projection_dim"] or None,
+        contrastive_projection_dim=settings["contrastive_projection_dim"] or None, **dropout,
     )
     if settings["model"] == "dual_encoder":
-        model = DualEncoder(text_model, config)
+        model = DualEncoder(text_model, config, **bert_overrides)
         return model, model.new_parameters, {"mlm_probability": 0.0, "mpm_probability": 0.0, "negatives_per_example": 0}, "features"
     model, info = FashionBertForPreTraining.from_pretrained(text_model, config=config, output_loading_info=True)
+    if attention:
+        model.set_attn_implementation(attention)
     collator = {"mlm_probability": config.mlm_probability, "mpm_probability": config.mpm_probability if settings["mpm"] else 0.0,
                 "negative_curriculum_batches": settings["negative_curriculum_steps"],
-                "unmasked_batches": settings["alignment_warmup_steps"] if settings["unmasked_warmup"] else 0}
+                "unmasked_batches": settings["alignment_warmup_steps"] if settings["unmasked_warmup"] else 0,
+                "hard_negatives": settings["hard_negatives"] if config.contrastive_projection_dim else 0,
+                "hard_negatives_from_batch": settings["hard_negative_warmup_steps"]}
     return model, info["missing_keys"], collator, "features"
 
 
@@ -357,11 +381,14 @@ def train_and_evaluate(name: str, overrides: dict, seed: int, steps: int, data: 
     """Train one row for `steps` steps from `seed` and score it with the paper's protocol (or only time its steps)."""
     torch.manual_seed(seed)
     settings = settings_of(overrides)
-    model, new_parameters, collator_kwargs, reads = build(settings, text_model)
+    precision = settings["precision"] if settings["precision"] != "auto" else default_mixed_precision(device)
+    model, new_parameters, collator_kwargs, reads = build(settings, text_model, training_attention(torch.device(device).type, precision))
     model.to(device).train()
     tokenizer = AutoTokenizer.from_pretrained(text_model)
+    splits = ("train", eval_split, "validation") if eval_split != "validation" else ("train", "validation")
     features = {split: (data[split]["pixel_values"] if reads == "pixels" else patch_features_of(model, data[split]["pixel_values"], device))
-                for split in ("train", eval_split)}
+                for split in splits}
+    autocast = {"device_type": torch.device(device).type, "dtype": torch.bfloat16, "enabled": precision == "bf16"}
     key = "pixel_values" if reads == "pixels" else "patch_features"
     train = data["train"]
     rows = [{"input_ids": ids, key: feature, "subcategory": sub, "product_id": pid}
@@ -379,7 +406,7 @@ def train_and_evaluate(name: str, overrides: dict, seed: int, steps: int, data: 
                                          collate_fn=collate, generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.AdamW(
         optimizer_parameter_groups(model, settings["learning_rate"], 1e-4, new_parameters, settings["new_modules_lr_multiplier"]),
-        lr=settings["learning_rate"], betas=(0.95, 0.999),
+        lr=settings["learning_rate"], betas=(0.95, 0.999), fused=True,
     )
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=math.ceil(0.1 * steps), num_training_steps=steps)
     history, step_seconds, step = [], [], 0
@@ -388,16 +415,19 @@ def train_and_evaluate(name: str, overrides: dict, seed: int, steps: int, data: 
             started = time.perf_counter()
             batch = {k: v.to(device) for k, v in batch.items()}
             if settings["model"] == "fashionbert":
-                outputs = model(**batch)
+                with torch.autocast(**autocast):
+                    outputs = model(**batch)
                 loss, weights = alignment_warmup_loss(outputs, step, settings["alignment_warmup_steps"])
                 logged = {"tia_loss": outputs.tia_loss.item(), "mlm_loss": outputs.mlm_loss.item(), "weights": weights.tolist()}
                 if outputs.itc_loss is not None:
                     logged["itc_loss"] = outputs.itc_loss.item()
             elif settings["model"] == "vilt":
-                loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["pixel_values"], batch["alignment_labels"])
+                with torch.autocast(**autocast):
+                    loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["pixel_values"], batch["alignment_labels"])
                 logged = {"tia_loss": loss.item()}
             else:
-                loss = model(batch["input_ids"], batch["attention_mask"], batch["patch_features"], batch["product_ids"])
+                with torch.autocast(**autocast):
+                    loss = model(batch["input_ids"], batch["attention_mask"], batch["patch_features"], batch["product_ids"])
                 logged = {"itc_loss": loss.item()}
             loss.backward()
             optimizer.step()
@@ -412,21 +442,27 @@ def train_and_evaluate(name: str, overrides: dict, seed: int, steps: int, data: 
             if step >= steps:
                 break
     if time_only:
-        return {"seconds_per_step": statistics.median(step_seconds[2:] or step_seconds)}
+        return {"seconds_per_step": statistics.median(step_seconds[2:] or step_seconds), "precision": precision}
     model.eval()
     scorer = model
     if settings["model"] == "fashionbert":
-        scorer = FashionBertForImageTextRetrieval(model.config).to(device).eval()
-        scorer.load_state_dict(model.state_dict(), strict=False)
-    evaluation = data[eval_split]
-    result = evaluate_fashion_retrieval(
-        scorer,
-        {"input_ids": evaluation["input_ids"], "product_id": evaluation["product_id"],
-         "subcategory": evaluation["subcategory"], "patch_features": features[eval_split]},
-        num_queries=1000, num_negatives=100, num_draws=1, seed=42, batch_size=128,
-        device=device, show_progress=False,
-    )
-    return {"metrics": result.metrics, "history": history, "steps": steps}
+        scorer = FashionBertForImageTextRetrieval.from_pretraining_model(model)
+
+    def columns(split):
+        rows = data[split]
+        return {"input_ids": rows["input_ids"], "product_id": rows["product_id"], "subcategory": rows["subcategory"],
+                "patch_features": features[split]}
+
+    fusion = {}
+    with torch.autocast(**autocast):
+        if getattr(getattr(scorer, "config", None), "contrastive_projection_dim", None) and eval_split != "validation":
+            weight, table = choose_fusion_weight(scorer, columns("validation"), num_queries=1000, num_negatives=100,
+                                                 seed=42, batch_size=128, device=device, show_progress=False)
+            scorer.config.fusion_weight = weight
+            fusion = {"weight": weight, "validation": {str(w): row for w, row in table.items()}}
+        result = evaluate_fashion_retrieval(scorer, columns(eval_split), num_queries=1000, num_negatives=100, num_draws=1,
+                                            seed=42, batch_size=128, device=device, show_progress=False)
+    return {"metrics": result.metrics, "history": history, "steps": steps, "precision": precision, "fusion": fusion}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -571,8 +607,12 @@ def _report(result: dict, partial: Path) -> dict:
     with partial.open("a") as handle:
         handle.write(json.dumps(result) + "\n")
     metrics = result.get("metrics", {})
-    shown = "  ".join(f"{k.split('/')[0][:2]}{k.split('/')[1]}={metrics[k]:.3f}" if "auc" in k else f"{k.replace('image_to_text/', 'i2t ').replace('text_to_image/', 't2i ')}={metrics[k]:.1f}"
-                      for k in ("image_to_text/R@1", "text_to_image/R@1", "tia/auc") if k in metrics)
+    shown = "  ".join(
+        f"{label} R@1 {metrics[prefix + 'image_to_text/R@1']:.1f}/{metrics[prefix + 'text_to_image/R@1']:.1f}"
+        for prefix, label in (("", "cross"), ("first_stage/", "first"), ("fused/", "fused"))
+        if prefix + "image_to_text/R@1" in metrics
+    )
+    shown += f"  AUC {metrics['tia/auc']:.3f}" if "tia/auc" in metrics else ""
     timing = f"{result['seconds_per_step']:.3f} s/step" if "seconds_per_step" in result else ""
     print(f"{result['row']:42s} {result['variant']:9s} seed {result['seed']} steps {result['steps']:4d}  {shown}{timing}"
           f"  ({result['wall_seconds']:.0f} s)", flush=True)
@@ -586,10 +626,12 @@ def summarise(results: list[dict]) -> dict:
         row = rows.setdefault(key, {"row": result["row"], "variant": result["variant"], "settings": settings_of(result["overrides"]),
                                     "steps": result["steps"], "seeds": {}})
         row["seeds"][str(result["seed"])] = {"metrics": result["metrics"], "history": result["history"]}
+        row["seeds"][str(result["seed"])].update(precision=result.get("precision"), fusion=result.get("fusion"))
     for row in rows.values():
         per_seed = [seed["metrics"] for seed in row["seeds"].values()]
-        row["mean"] = {k: statistics.mean(m[k] for m in per_seed) for k in METRICS}
-        row["std"] = {k: statistics.pstdev(m[k] for m in per_seed) if len(per_seed) > 1 else 0.0 for k in METRICS}
+        names = [k for k in per_seed[0] if all(k in m for m in per_seed) and not k.endswith(("num_queries", "mean_rank"))]
+        row["mean"] = {k: statistics.mean(m[k] for m in per_seed) for k in names}
+        row["std"] = {k: statistics.pstdev(m[k] for m in per_seed) if len(per_seed) > 1 else 0.0 for k in names}
     return rows
 
 
@@ -612,7 +654,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="Jobs run at once (forked processes).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / workers).")
-    parser.add_argument("--steps", type=int, default=None, help="Steps of every row (default: each row's CPU budget, from the timing file).")
+    parser.add_argument("--steps", type=int, default=None, help="Steps of every row (default: the quick recipe's).")
+    parser.add_argument("--budget", action="store_true", help="Each row gets the steps its CPU step time buys in the default's time (from the timing file) instead of the same steps.")
+    parser.add_argument("--variants", nargs="*", default=["synthetic", "shifted"], choices=["synthetic", "shifted"], help="Test beds every row runs on.")
     parser.add_argument("--probe_heads", action="store_true", help="Only probe alignment heads on the frozen encoder at initialisation.")
     parser.add_argument("--time_steps", type=int, default=None, help="Only time this many steps of each row (+2 warm-up) on --device.")
     parser.add_argument("--masked_warmup", action="store_true",
@@ -655,15 +699,13 @@ def main() -> None:
     timing_path = RESULTS / "quality_fashionbert_timing.json"
     if args.time_steps:
         variants, seeds = ["synthetic"], [0]
-    elif args.sweep:
-        variants, seeds = ["synthetic", "shifted"], args.seeds
-    else:
-        variants, seeds = ["synthetic"], args.seeds
+    else:  # every row on the synthetic bed and on its shifted copy: no conclusion rests on one generator
+        variants, seeds = args.variants, args.seeds
     steps_of = {}
     if args.time_steps:
         steps_of = {name: args.time_steps + 2 for name in names}
-    elif args.steps:
-        steps_of = {name: args.steps for name in names}
+    elif not args.budget:  # the same steps for every row: the same seed gives the same numbers on any machine
+        steps_of = {name: args.steps or RECIPE.max_train_steps for name in names}
     else:
         # Rows that change only losses, heads or schedules cost what the default costs (their measured step times
         # agree within the machine's noise): they get its steps. The others get what their step time buys.
@@ -673,7 +715,7 @@ def main() -> None:
             key = name if name in timing else f"sweep: {name}"
             structural = any(k in table[name] for k in STRUCTURAL_SETTINGS)
             steps_of[name] = round(budget / timing[key]) if structural else RECIPE.max_train_steps
-    for variant in set(variants) | ({"shifted"} if not (args.sweep or args.time_steps) and "default" in names else set()):
+    for variant in variants:
         print(f"preparing {variant} data ...", flush=True)
         _DATA[variant] = prepare_data(args.text_model, variant)
     jobs = [
@@ -682,9 +724,6 @@ def main() -> None:
          "threads": threads, "time_only": bool(args.time_steps)}
         for name in names for variant in variants for seed in seeds
     ]
-    if not (args.sweep or args.time_steps):
-        # The default recipe also on the shifted copy: the recipe must not need this generator.
-        jobs += [{**job, "variant": "shifted"} for job in jobs if job["row"] == "default"]
     output = Path(args.output) if args.output else (
         timing_path if args.time_steps else RESULTS / f"quality_fashionbert{'_sweep' if args.sweep else ''}.json")
     started = time.monotonic()

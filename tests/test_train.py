@@ -95,10 +95,16 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
     final = tmp_path / "run" / "final"
     assert "==== xmodal fashionbert (recipe quick) ====" in result.stdout and "Rank@1/5/10" in result.stdout
     results = json.loads((final / "eval_results.json").read_text())
-    for key in ("image_to_text/R@1", "text_to_image/R@10", "tia/accuracy", "tia/auc"):
+    # The three scores, each under its own keys: the paper's (cross-encoder), the first stage's, the fused one's.
+    for key in ("image_to_text/R@1", "text_to_image/R@10", "tia/accuracy", "tia/auc", "first_stage/image_to_text/R@1",
+                "first_stage/text_to_image/R@10", "first_stage/auc", "fused/image_to_text/R@1", "fused/auc"):
         assert key in results and 0 <= results[key] <= 100
+    assert "first stage" in result.stdout and "fused" in result.stdout and "precision:" in result.stdout
     config = json.loads((final / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining"}
+    # The fusion weight was chosen on the validation split and saved with the model.
+    assert config["contrastive_projection_dim"] == 256 and config["fusion_weight"] == results["fused/weight"]
+    assert 0.0 <= results["fused/weight"] <= 1.0 and results["validation/num_products"] == 11
     assert (final / "modeling_fashionbert.py").is_file() and (final / "model.safetensors").is_file()
     assert not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
     model = AutoModelForPreTraining.from_pretrained(final)
@@ -108,13 +114,16 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
     assert card_metrics["image_to_text/R@1"] == pytest.approx(results["image_to_text/R@1"])
     history = json.loads((tmp_path / "run" / "train_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]
-    # a one-step alignment warm-up: alignment alone, a one-step blend (share 0 at its start), then eq. 6's weights
+    # a one-step alignment warm-up: the alignment tasks alone (TIA and the contrastive task), a one-step blend (share 0
+    # at its start), then eq. 6's weights over the four tasks, within [3/13, 4/13]
     for h in history[:2]:
-        assert (h["weight_mlm"], h["weight_mpm"], h["weight_tia"]) == (0.0, 0.0, 1.0)
-        assert h["loss"] == pytest.approx(h["tia_loss"])
-    assert all(2 / 7 - 1e-6 < history[2][f"weight_{t}"] < 3 / 7 + 1e-6 for t in ("mlm", "mpm", "tia"))
+        assert (h["weight_mlm"], h["weight_mpm"], h["weight_tia"], h["weight_itc"]) == (0.0, 0.0, 0.5, 0.5)
+        assert h["loss"] == pytest.approx((h["tia_loss"] + h["itc_loss"]) / 2)
+    assert all(3 / 13 - 1e-6 < history[2][f"weight_{t}"] < 4 / 13 + 1e-6 for t in ("mlm", "mpm", "tia", "itc"))
     # The pictures: in the folder, shown by the card, readable PNGs.
     card_text = (final / "README.md").read_text()
+    assert "| first stage | image → text |" in card_text and "| fused (product) | text → image |" in card_text
+    assert f"w = {results['fused/weight']}" in card_text
     for name in ("retrieval_text_to_image.png", "retrieval_image_to_text.png", "alignment_loss.png", "task_weights.png"):
         assert f"]({name})" in card_text
         with Image.open(final / name) as picture:

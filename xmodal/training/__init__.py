@@ -18,9 +18,20 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .common import DEFAULT_SEED, TRAINING_FUNCTIONS, TrainingRun, evaluation_split, first_rows, loss_terms, refuse_flags
+from .common import (
+    DEFAULT_SEED,
+    TRAINING_FUNCTIONS,
+    TrainingRun,
+    evaluation_split,
+    first_rows,
+    loss_terms,
+    precision_name,
+    refuse_flags,
+    validation_split,
+)
 from .fashionbert import FASHIONBERT_RECIPES, FashionBertRecipe, alignment_warmup_loss
 from .optimization import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
+from .precision import bf16_supported, default_mixed_precision, training_attention, training_device_type
 from .streaming import StreamLoader
 
 MODEL_TRAINING = {"fashionbert": fashionbert, "map_ivr": map_ivr}
@@ -39,15 +50,21 @@ __all__ = [
     "TrainingRun",
     "alignment_warmup_loss",
     "atomic_directory",
+    "bf16_supported",
     "checkpoint_problem",
     "checkpoint_step",
+    "default_mixed_precision",
     "evaluation_split",
     "first_rows",
     "list_checkpoints",
     "load_checkpoint",
     "loss_terms",
     "optimizer_parameter_groups",
+    "precision_name",
     "refuse_flags",
     "resolve_checkpoint",
     "save_checkpoint",
+    "training_attention",
+    "training_device_type",
+    "validation_split",
 ]

@@ -28,9 +28,11 @@ __all__ = [
     "evaluation_split",
     "first_rows",
     "loss_terms",
+    "precision_name",
     "process_sum",
     "refuse_flags",
     "training_curve_figures",
+    "validation_split",
 ]
 
 # The functions every per-model training module defines (`xmodal.training.MODEL_TRAINING`), in the order train.py
@@ -49,13 +51,15 @@ TASK_WEIGHT_NAMES = ("mlm", "mpm", "tia", "itc")
 
 @dataclass
 class TrainingRun:
-    """What a finished training run reports to the card and the summary."""
+    """What a finished training run reports to the card and the summary (`stopped_early`: why it ended before
+    --max_train_steps, or None)."""
 
     dataset_description: str
     steps: int
     train_minutes: float
     history: list[dict[str, float]]
     synthetic: bool
+    stopped_early: str | None = None
 
 
 def refuse_flags(flags: Iterable[str], given: set[str], reason: str) -> None:
@@ -78,6 +82,16 @@ def evaluation_split(raw: datasets.DatasetDict) -> str:
             return name
     sizes = {name: len(split) for name, split in raw.items()}
     raise ValueError(f"no non-empty evaluation split ('test' or 'validation'): the data has {sizes}; pass --validation_file")
+
+
+def validation_split(raw: datasets.DatasetDict) -> str | None:
+    """
+    The split post-training choices are made on (FashionBERT's fusion weight): "validation" when the evaluation split
+    is "test" and it has rows, else None; never the split the results are reported on.
+    """
+    if evaluation_split(raw) == "test" and "validation" in raw and len(raw["validation"]) > 0:
+        return "validation"
+    return None
 
 
 def first_rows(dataset: datasets.Dataset | datasets.IterableDataset, limit: int | None) -> datasets.Dataset | datasets.IterableDataset:
@@ -158,13 +172,22 @@ def card_fields(args: argparse.Namespace, run: TrainingRun, extra_hyperparameter
         command="python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         hyperparameters=hyperparameters,
         limitations=limitations,
+        precision=precision_name(args.mixed_precision),
+        stopped_early=run.stopped_early,
     )
 
 
+def precision_name(mixed_precision: str | None) -> str:
+    """How the card and the summary name accelerate's `mixed_precision` ("no" is float32)."""
+    return {"no": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(mixed_precision or "no", str(mixed_precision))
+
+
 def card_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """The protocol's numbers the card's model-index holds (ranks, mAP, matching accuracy and AUC)."""
+    """The protocol's numbers the card's model-index holds (ranks, mAP, matching accuracy and AUCs)."""
     return {
-        k: v for k, v in results.items() if isinstance(v, (int, float)) and ("/R@" in k or "/mAP@" in k or k.startswith("tia/"))
+        k: v
+        for k, v in results.items()
+        if isinstance(v, (int, float)) and ("/R@" in k or "/mAP@" in k or k.startswith("tia/") or k.endswith("/auc"))
     }
 
 

@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from transformers import AutoTokenizer
 
 from ..data.collators import FashionBertPretrainingCollator
@@ -23,7 +25,7 @@ from ..data.fashion_sources import load_fashion_dataset, load_fashion_streams, l
 from ..data.fashion_synthetic import make_fashion_dataset
 from ..data.preprocessing import add_fashionbert_inputs, fashionbert_input_encoder
 from ..data.streaming import TrainingStream
-from ..evaluation.fashion_retrieval import evaluate_fashion_retrieval, representative_rows
+from ..evaluation.fashion_retrieval import choose_fusion_weight, evaluate_fashion_retrieval, representative_rows
 from ..fashionbert import (
     FashionBertConfig,
     FashionBertForImageTextRetrieval,
@@ -32,16 +34,21 @@ from ..fashionbert import (
     FashionBertProcessor,
 )
 from ..fashionbert.modeling_fashionbert import TASKS
+from .precision import training_attention, training_device_type
 from .common import (
     TRAINING_FUNCTIONS,
     TrainingRun,
     card_fields,
     card_metrics,
     dataset_arguments,
+    evaluation_split,
     process_sum,
     refuse_flags,
     training_curve_figures,
+    validation_split,
 )
+
+logger = get_logger(__name__)
 
 __all__ = [
     *TRAINING_FUNCTIONS,
@@ -67,6 +74,7 @@ class FashionBertRecipe:
         alignment_pooling: what the TIA head reads (`--alignment_pooling`, see `FashionBertConfig`).
         contrastive_projection_dim: size of the dual-encoder heads trained with the image-text contrastive task, 0 for
             none (`--contrastive_projection_dim`, see `FashionBertConfig`).
+        dropout: the encoder's hidden and attention dropout (`--dropout`; None = the text checkpoint's).
         learning_rate: peak learning rate of the pretrained parameters (`--learning_rate`).
         new_modules_lr_multiplier: learning-rate multiplier of the parameters the text checkpoint does not have
             (patch embeddings, heads, pooler); `--new_modules_lr_multiplier`.
@@ -74,11 +82,19 @@ class FashionBertRecipe:
             sub-category (`--negative_curriculum_steps`, see `FashionBertPretrainingCollator`; 0 = none).
         alignment_warmup_steps: steps of alignment-only task weights, then as many steps of a linear blend into the
             adaptive weights (`--alignment_warmup_steps`, see `alignment_warmup_share`).
+        hard_negatives: TIA negatives per aligned pair mined from the batch by contrastive similarity, as ALBEF, once
+            the first `hard_negative_warmup_steps` steps are done (`--hard_negatives`; 0 = the collator's negatives
+            throughout; needs the dual-encoder heads).
+        hard_negative_warmup_steps: steps with the collator's same-sub-category negatives before mining starts
+            (`--hard_negative_warmup_steps`).
         num_warmup_steps: learning-rate warm-up steps; None = 10 % of training (`--num_warmup_steps`).
         num_train_epochs: epochs when neither `--num_train_epochs` nor `--max_train_steps` is given.
         max_train_steps: optimisation steps when neither `--num_train_epochs` nor `--max_train_steps` is given
             (None = the epochs decide).
-        max_train_minutes: stop training after this many minutes (None = no time limit).
+        max_train_minutes: stop training after this many minutes (None = no time limit: the same seed trains the same
+            model on every machine).
+        reference_minutes: what the recipe's training took on this project's 2-core CPU machine in bf16, printed before
+            the first step (None = not measured).
     """
 
     name: str
@@ -87,14 +103,18 @@ class FashionBertRecipe:
     max_text_length: int
     alignment_pooling: str
     contrastive_projection_dim: int
+    dropout: float | None
     learning_rate: float
     new_modules_lr_multiplier: float
     alignment_warmup_steps: int
+    hard_negatives: int
+    hard_negative_warmup_steps: int
     negative_curriculum_steps: int
     num_warmup_steps: int | None
     num_train_epochs: int
     max_train_steps: int | None
     max_train_minutes: float | None
+    reference_minutes: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,30 +122,37 @@ class FashionBertRecipe:
 
 QUICK_RECIPE = FashionBertRecipe(
     name="quick",
-    description="minutes on a CPU: 128 px, the bilinear alignment head, new modules at 10x the learning rate, "
-    "an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the adaptive weights), "
-    "150 steps (at most 7 minutes)",
+    description="minutes on a CPU: 128 px, align before fuse (dual-encoder heads trained with the contrastive task, "
+    "the fused score's weight chosen on the validation split), the bilinear alignment head, lr 2e-4 with the new "
+    "modules at 10x, an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the "
+    "adaptive weights), from step 150 two TIA negatives per pair mined by contrastive similarity (one each way, as "
+    "ALBEF), no dropout, 300 steps",
     image_size=128,
     max_text_length=64,
     alignment_pooling="text_patch_bilinear",
-    contrastive_projection_dim=0,
-    learning_rate=1e-4,
+    contrastive_projection_dim=256,
+    dropout=0.0,
+    learning_rate=2e-4,
     new_modules_lr_multiplier=10.0,
     alignment_warmup_steps=60,
+    hard_negatives=2,
+    hard_negative_warmup_steps=150,
     negative_curriculum_steps=0,
     num_warmup_steps=None,
     num_train_epochs=2,
-    max_train_steps=150,
-    max_train_minutes=7.0,
+    max_train_steps=300,
+    max_train_minutes=None,
+    reference_minutes=None,
 )
 # The paper's differences from the quick recipe (its text budget stays 64 tokens, as the released code's).
 PAPER_RECIPE = replace(
     QUICK_RECIPE,
     name="paper",
-    description="the paper's setting (8 GPUs x 8 pairs): 256 px, the [CLS] alignment head, lr 2e-5 with 5000 "
-    "warm-up steps, 10 epochs, no alignment warm-up",
-    image_size=256, alignment_pooling="cls", learning_rate=2e-5, new_modules_lr_multiplier=1.0, alignment_warmup_steps=0,
-    num_warmup_steps=5000, num_train_epochs=10, max_train_steps=None, max_train_minutes=None,
+    description="the paper's setting (8 GPUs x 8 pairs): 256 px, the [CLS] alignment head, no dual-encoder heads, "
+    "the paper's same-sub-category negatives, lr 2e-5 with 5000 warm-up steps, 10 epochs, no alignment warm-up",
+    image_size=256, alignment_pooling="cls", contrastive_projection_dim=0, dropout=None, learning_rate=2e-5,
+    new_modules_lr_multiplier=1.0, alignment_warmup_steps=0, hard_negatives=0, hard_negative_warmup_steps=0,
+    num_warmup_steps=5000, num_train_epochs=10, max_train_steps=None, max_train_minutes=None, reference_minutes=None,
 )  # fmt: skip
 FASHIONBERT_RECIPES: dict[str, FashionBertRecipe] = {recipe.name: recipe for recipe in (QUICK_RECIPE, PAPER_RECIPE)}
 
@@ -187,7 +214,7 @@ PACKAGED_BERT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Flags that define a new model; with --model_name_or_path the saved model's own values hold, so they are refused.
 ARCHITECTURE_FLAGS = (
     "text_model_name_or_path", "patch_encoder_type", "patch_encoder_name_or_path", "patch_feature_mode", "image_size",
-    "patch_grid", "alignment_pooling", "contrastive_projection_dim",
+    "patch_grid", "alignment_pooling", "contrastive_projection_dim", "dropout",
 )  # fmt: skip
 # Flags that are `FashionBertConfig` fields of the same name (a new model's; see `new_model`).
 NEW_MODEL_CONFIG_FLAGS = ("patch_encoder_type", "patch_feature_mode", "task_weighting", "mpm_kl_direction", "alignment_pooling")
@@ -198,8 +225,9 @@ SYNTHETIC_FLAGS = ("synthetic_num_products", "synthetic_views_per_product")
 EVALUATION_FLAGS = ("num_eval_queries", "num_eval_negatives", "num_eval_draws")
 # Recipe fields that train.py flags of the same name take their default from.
 RECIPE_FLAGS = (
-    "image_size", "max_text_length", "alignment_pooling", "contrastive_projection_dim", "learning_rate",
-    "new_modules_lr_multiplier", "alignment_warmup_steps", "negative_curriculum_steps", "num_warmup_steps",
+    "image_size", "max_text_length", "alignment_pooling", "contrastive_projection_dim", "dropout", "learning_rate",
+    "new_modules_lr_multiplier", "alignment_warmup_steps", "hard_negatives", "hard_negative_warmup_steps",
+    "negative_curriculum_steps", "num_warmup_steps",
 )  # fmt: skip
 
 
@@ -225,10 +253,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
         group.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens (recipe: 64 as the released code; the paper used 448). Applied to a loaded model's processor too."),
         group.add_argument("--alignment_pooling", choices=["cls", "text_patch_product", "text_patch_bilinear"], default=None, help="What the TIA head reads (recipe): 'cls' (paper: the pooled [CLS]), or this project's additions 'text_patch_bilinear' (low-rank bilinear pooling of the mean text and mean patch states) and 'text_patch_product' (their elementwise product); see FashionBertConfig."),
         group.add_argument("--contrastive_projection_dim", type=int, default=None, help="Add dual-encoder heads of this size and the image-text contrastive task on the unimodal passes (recipe; this project's addition; 0 = off, the paper). See FashionBertConfig."),
+        group.add_argument("--dropout", type=float, default=None, help="The encoder's hidden and attention dropout (recipe: quick 0, since 300 steps see the data about twice and dropout costs 13%% of a CPU step; paper: the text model's, 0.1 for BERT)."),
         group.add_argument("--task_weighting", choices=["gradient", "loss_softmax", "fixed"], default="gradient", help="Task weights: paper eq. 6 on gradient norms, the released code's loss softmax, or 1/3 each. Applied to a loaded model too."),
         group.add_argument("--mpm_kl_direction", choices=["paper", "code"], default="paper", help="MPM loss: KL(pred||target) as in paper eq. 2, or KL(target||pred) as in the released code. Applied to a loaded model too."),
         group.add_argument("--new_modules_lr_multiplier", type=float, default=None, help="Learning-rate multiplier (recipe: quick 10, paper 1) of the parameters that start from scratch, i.e. that --text_model_name_or_path does not have (patch embeddings, heads, a new pooler)."),
         group.add_argument("--alignment_warmup_steps", type=int, default=None, help="Train the alignment task(s) alone for this many steps, then blend linearly into the adaptive task weights over as many steps (recipe: quick 60, paper 0 = the paper's weights from the start)."),
+        group.add_argument("--hard_negatives", type=int, default=None, help="TIA negatives per aligned pair mined from the batch by the contrastive task's similarity, as ALBEF (sampled from the softmax over the non-matching products), alternating an image for the text and a text for the image, instead of the collator's same-sub-category ones; 0 = the collator's throughout (recipe: quick 2, paper 0). Needs the dual-encoder heads."),
+        group.add_argument("--hard_negative_warmup_steps", type=int, default=None, help="Steps with the collator's same-sub-category negatives before --hard_negatives mining starts (recipe: quick 150)."),
         group.add_argument("--negative_curriculum_steps", type=int, default=None, help="Over this many steps the share of same-sub-category TIA negatives rises from 0 (random other products, the paper's) to 1 (the official README's); 0 = same sub-category from the start (recipe)."),
         group.add_argument("--image_column", default="image", help="--dataset_name / --train_file: column holding the image."),
         group.add_argument("--caption_column", default="text", help="--dataset_name / --train_file: column holding the caption."),
@@ -267,6 +298,7 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         args.image_size, args.patch_grid = config.image_size, config.patch_grid
         args.patch_encoder_type, args.alignment_pooling = config.patch_encoder_type, config.alignment_pooling
         args.contrastive_projection_dim = config.contrastive_projection_dim or 0
+        args.dropout = config.hidden_dropout_prob
     elif args.patch_encoder_type == "pixels":
         refuse_flags(("patch_encoder_name_or_path", "patch_feature_mode"), given, "applies only to --patch_encoder_type resnet")
     args.recipe = args.recipe or "quick"
@@ -274,8 +306,18 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
     for name in RECIPE_FLAGS:
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
+    if not args.contrastive_projection_dim:  # no dual-encoder heads, nothing to mine with
+        if "hard_negatives" in given and args.hard_negatives:
+            raise ValueError("--hard_negatives: mining needs the dual-encoder heads (--contrastive_projection_dim)")
+        args.hard_negatives = 0
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.hard_negatives < 0 or args.hard_negative_warmup_steps < 0:
+        raise ValueError("--hard_negatives and --hard_negative_warmup_steps must be 0 or more")
+    if not args.hard_negatives:
+        refuse_flags(("hard_negative_warmup_steps",), given, "applies only with --hard_negatives > 0")
     if args.num_train_epochs is None and args.max_train_steps is None:
-        # The recipe decides the length of training, and its time limit with it.
+        # The recipe decides the length of training (and its time limit, when it has one).
         args.max_train_steps = recipe.max_train_steps
         if args.max_train_minutes is None:
             args.max_train_minutes = recipe.max_train_minutes
@@ -294,14 +336,20 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
 
 
 def load_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
-    """The raw fashion rows {image, text, subcategory, product_id} and a short description of where they come from."""
+    """
+    The raw fashion rows {image, text, subcategory, product_id} and a short description of where they come from.
+
+    A model with dual-encoder heads chooses its fusion weight on a validation split after training, never on the split
+    the results are reported on: real data without a validation split of its own besides the evaluation split gets one
+    held out of its training products (`hold_out_validation`).
+    """
     if args.fashiongen_h5:
-        return load_fashiongen(args.fashiongen_h5, on_bad_rows=args.on_bad_rows), "Fashion-Gen"
+        return with_validation_split(args, load_fashiongen(args.fashiongen_h5, on_bad_rows=args.on_bad_rows)), "Fashion-Gen"
     if args.dataset_name or args.train_file:
         columns = {name: getattr(args, name) for name in COLUMN_FLAGS}
         source = args.dataset_name or args.train_file
         if not args.streaming:
-            return load_fashion_dataset(**dataset_arguments(args), **columns), source
+            return with_validation_split(args, load_fashion_dataset(**dataset_arguments(args), **columns)), source
         # The training split as a stream; the evaluation split map-style (the protocol needs random access): the
         # --validation_file as usual (cached), or the dataset's own split read once into memory.
         stream_arguments = {name: getattr(args, name) for name in ("dataset_name", "dataset_config_name", "train_file", "on_bad_rows")}
@@ -325,12 +373,68 @@ def load_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
     return raw, SYNTHETIC_DATASET
 
 
+# The share of the training products `hold_out_validation` sets aside, and its ceiling (the protocol's 1,000 queries).
+VALIDATION_FRACTION = 0.1
+MAX_VALIDATION_PRODUCTS = 1000
+
+
+def with_validation_split(args: argparse.Namespace, raw: datasets.DatasetDict) -> datasets.DatasetDict:
+    """`raw`, or with a validation split held out of its training products when the fusion weight needs one."""
+    if not (args.do_eval and args.contrastive_projection_dim) or validation_split(raw) is not None:
+        return raw
+    return hold_out_validation(raw, args.seed)
+
+
+def hold_out_validation(
+    raw: datasets.DatasetDict, seed: int, fraction: float = VALIDATION_FRACTION, max_products: int = MAX_VALIDATION_PRODUCTS
+) -> datasets.DatasetDict:
+    """
+    A validation split of `fraction` of the training products (at most `max_products`, at least 2; every row of a
+    chosen product goes with it, chosen with `seed`), the rest for training, and the evaluation split (`test`, or
+    `validation` renamed `test`) unchanged: `{"train", "validation", "test"}`.
+
+    Raises:
+        ValueError: the training split has too few products to spare two.
+    """
+    evaluation = evaluation_split(raw)
+    train = raw["train"]
+    product_ids = train["product_id"]
+    products = sorted(set(product_ids))
+    count = min(max_products, max(2, round(fraction * len(products))))
+    if len(products) - count < 2:
+        raise ValueError(
+            f"the training split has {len(products)} products, too few to hold out a validation split for the fusion "
+            "weight: add a validation split of your own, more rows, or pass --contrastive_projection_dim 0"
+        )
+    rng = np.random.default_rng(seed)
+    held_out = set(rng.choice(len(products), size=count, replace=False).tolist())
+    held_out = {products[index] for index in held_out}
+    rows = {True: [], False: []}
+    for row, product in enumerate(product_ids):
+        rows[product in held_out].append(row)
+    logger.info(
+        f"Held out {count} of {len(products)} training products ({len(rows[True])} rows) as the validation split the "
+        f"fusion weight is chosen on; the '{evaluation}' split stays the one results are reported on"
+    )
+    return datasets.DatasetDict({"train": train.select(rows[False]), "validation": train.select(rows[True]), "test": raw[evaluation]})
+
+
 def build_model(args: argparse.Namespace, train_rows: datasets.Dataset) -> tuple[FashionBertForPreTraining, FashionBertProcessor, list[str]]:
     """
     FashionBERT from a saved FashionBERT folder (its loss options and processor's text length overridden by the flags
     given), or a new one around a pretrained BERT; its processor; and the names of the parameters that start from
     scratch (those the text checkpoint did not have). `train_rows` is unused: FashionBERT's sizes do not depend on it.
+    The attention implementation is the fastest to train with on this device and precision (`training_attention`).
     """
+    model, processor, new_parameters = _load_or_create(args)
+    attention = training_attention(training_device_type(), args.mixed_precision)
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    return model, processor, new_parameters
+
+
+def _load_or_create(args: argparse.Namespace) -> tuple[FashionBertForPreTraining, FashionBertProcessor, list[str]]:
+    """The model of `build_model`, its processor and its new parameters' names."""
     if args.model_name_or_path:
         overrides = {name: getattr(args, name) for name in RUNTIME_CONFIG_FLAGS}
         model = FashionBertForPreTraining.from_pretrained(args.model_name_or_path, use_safetensors=True, **overrides)
@@ -343,8 +447,13 @@ def build_model(args: argparse.Namespace, train_rows: datasets.Dataset) -> tuple
     return new_model(
         args.text_model_name_or_path, image_size=args.image_size, patch_grid=args.patch_grid,
         max_text_length=args.max_text_length, patch_encoder_name_or_path=args.patch_encoder_name_or_path,
-        contrastive_projection_dim=args.contrastive_projection_dim or None, **config_fields,
+        contrastive_projection_dim=args.contrastive_projection_dim or None, **dropout_fields(args.dropout), **config_fields,
     )  # fmt: skip
+
+
+def dropout_fields(dropout: float | None) -> dict[str, float]:
+    """The config fields `--dropout` sets (both of BERT's dropouts), none when it is None (the checkpoint's own)."""
+    return {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
 def new_model(
@@ -402,7 +511,10 @@ def prepare_datasets(
 def build_collator(
     args: argparse.Namespace, model: FashionBertForPreTraining, processor: FashionBertProcessor, completed_steps: int = 0
 ) -> FashionBertPretrainingCollator:
-    """Whole-word MLM and MPM masks and TIA negatives; `completed_steps` places a resumed run in its schedules."""
+    """
+    Whole-word MLM and MPM masks and TIA negatives (the collator's, then mined ones); `completed_steps` places a
+    resumed run in its schedules.
+    """
     return FashionBertPretrainingCollator(
         processor.tokenizer,
         mlm_probability=model.config.mlm_probability,
@@ -410,6 +522,8 @@ def build_collator(
         max_predictions=model.config.mlm_max_predictions,
         patch_grid=model.config.patch_grid,
         negative_curriculum_batches=args.negative_curriculum_steps * args.gradient_accumulation_steps,
+        hard_negatives=args.hard_negatives,
+        hard_negatives_from_batch=args.hard_negative_warmup_steps * args.gradient_accumulation_steps,
         # nothing predicts masked tokens or patches while alignment trains alone: leave its inputs whole
         unmasked_batches=args.alignment_warmup_steps * args.gradient_accumulation_steps,
         batches_collated=completed_steps * args.gradient_accumulation_steps,
@@ -444,12 +558,24 @@ def new_learning_rate_multiplier(args: argparse.Namespace) -> float:
 
 
 def describe(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> str:
-    """One log line on what the recipe does to this run."""
+    """
+    One log line on what the recipe does to this run, and, when it trains the recipe's own number of steps with the
+    recipe's batch, what that took on this project's reference machine (the progress bar then estimates this one's).
+    """
     new_count = sum(p.numel() for group in optimizer.param_groups if group["name"].startswith("new") for p in group["params"])
-    return (
+    line = (
         f"Recipe {args.recipe}: {new_count:,} new parameters train at lr x {args.new_modules_lr_multiplier:g}; "
-        f"alignment warm-up {args.alignment_warmup_steps} steps"
+        f"alignment warm-up {args.alignment_warmup_steps} steps; "
+        + (f"{args.hard_negatives} mined TIA negative(s) per pair after step {args.hard_negative_warmup_steps}"
+           if args.hard_negatives else "the collator's TIA negatives")
     )
+    recipe = FASHIONBERT_RECIPES[args.recipe]
+    if recipe.reference_minutes and args.max_train_steps == recipe.max_train_steps and args.per_device_train_batch_size == DEFAULT_BATCH_SIZE:
+        line += (
+            f". Expected: {args.max_train_steps} steps (a fixed number: the same seed trains the same model on any "
+            f"machine) took {recipe.reference_minutes:g} minutes on this project's 2-core CPU machine in bf16"
+        )
+    return line
 
 
 def training_loss(args: argparse.Namespace, outputs, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -457,10 +583,37 @@ def training_loss(args: argparse.Namespace, outputs, step: int) -> tuple[torch.T
     return alignment_warmup_loss(outputs, step, args.alignment_warmup_steps)
 
 
-def evaluate(args: argparse.Namespace, model: FashionBertForPreTraining, processor, eval_dataset: datasets.Dataset) -> dict:
-    """The paper's protocol: Rank@1/5/10 both ways, TIA matching accuracy and AUC, queries per direction."""
+def evaluate(
+    args: argparse.Namespace, model: FashionBertForPreTraining, processor, eval_dataset: datasets.Dataset,
+    validation_rows: datasets.Dataset | None = None,
+) -> dict:
+    """
+    The paper's protocol: Rank@1/5/10 both ways, TIA matching accuracy and AUC, queries per direction (the
+    cross-encoder's scores, the paper's). A model with dual-encoder heads first gets its fusion weight, chosen on
+    `validation_rows` (`choose_fusion_weight`) and written into its config (so the saved folder ranks with it), and
+    is then also scored by its first stage alone ("first_stage/...") and by the fused score ("fused/...").
+    """
+    retrieval = FashionBertForImageTextRetrieval.from_pretraining_model(model)
+    results = {}
+    if retrieval.config.contrastive_projection_dim is not None:
+        if validation_rows is None:
+            logger.warning(
+                "No validation split to choose the fusion weight on: the folder ranks by the cross-encoder alone. "
+                "Give the data a validation split besides the evaluation split (or train without --streaming)."
+            )
+        else:
+            num_products = len(set(validation_rows["product_id"]))
+            weight, table = choose_fusion_weight(
+                retrieval, validation_rows, processor, num_queries=args.num_eval_queries,
+                num_negatives=min(args.num_eval_negatives, num_products - 1), seed=args.seed,
+                batch_size=args.per_device_eval_batch_size, max_text_length=args.max_text_length,
+            )  # fmt: skip
+            model.config.fusion_weight = retrieval.config.fusion_weight = weight
+            results.update({"fused/weight": weight, "validation/num_products": num_products})
+            for name, row in (("fused", table[weight]), ("first_stage", table[0.0]), ("cross_encoder", table[1.0])):
+                results.update({f"validation/{name}/{key}": value for key, value in row.items()})
     result = evaluate_fashion_retrieval(
-        FashionBertForImageTextRetrieval.from_pretraining_model(model),
+        retrieval,
         eval_dataset.with_format("numpy"),
         num_queries=args.num_eval_queries,
         num_negatives=args.num_eval_negatives,
@@ -468,7 +621,7 @@ def evaluate(args: argparse.Namespace, model: FashionBertForPreTraining, process
         seed=args.seed,
         batch_size=args.per_device_eval_batch_size,
     )
-    return {**result.metrics, **{f"{d}/num_queries": n for d, n in result.num_queries.items()}}
+    return {**result.metrics, **results, **{f"{d}/num_queries": n for d, n in result.num_queries.items()}}
 
 
 def save_figures(
@@ -527,31 +680,58 @@ def model_card(args: argparse.Namespace, model: FashionBertForPreTraining, resul
         "recipe": f"{args.recipe} ({FASHIONBERT_RECIPES[args.recipe].description})",
         "new-module learning-rate multiplier": args.new_modules_lr_multiplier,
         "alignment warm-up steps": args.alignment_warmup_steps,
+        "dual-encoder heads (contrastive task)": config.contrastive_projection_dim or "none (the paper's three tasks)",
+        "TIA negatives": (f"{args.hard_negatives} mined per pair by contrastive similarity after "
+                          f"{args.hard_negative_warmup_steps} steps of the collator's same-sub-category ones")
+        if args.hard_negatives else "the collator's (same sub-category first)",
     }
     queries = ", ".join(f"{k.split('/')[0]} {v}" for k, v in results.items() if k.endswith("/num_queries"))
+    note = f"Queries per direction: {queries}; {args.num_eval_draws} draw(s)." if results else ""
+    if "fused/weight" in results:
+        note += (
+            f" The fusion weight {results['fused/weight']:g} ranked best on the validation split "
+            f"({results['validation/num_products']} products; listwise log-likelihood of the ground truth "
+            f"{results['validation/fused/log_likelihood']:.3f}, against {results['validation/first_stage/log_likelihood']:.3f} "
+            f"for the first stage alone and {results['validation/cross_encoder/log_likelihood']:.3f} for the cross-encoder "
+            f"alone; mean reciprocal rank {results['validation/fused/mrr']:.3f}, {results['validation/first_stage/mrr']:.3f} "
+            f"and {results['validation/cross_encoder/mrr']:.3f})."
+        )
     return build_model_card(
         "fashionbert",
         card_metrics(results),
         base_model=base_model_id(args),
-        results_note=f"Queries per direction: {queries}; {args.num_eval_draws} draw(s)." if results else "",
+        results_note=note,
         patch_encoder=patch_encoder,
         task_weighting=config.task_weighting,
         mpm_kl_direction=config.mpm_kl_direction,
         alignment_pooling=config.alignment_pooling,
+        fusion_weight=config.fusion_weight,
         figures=[{"file": figure["file"], "caption": figure["caption"]} for figure in figures],
         **card_fields(args, run, recipe),
     )
 
 
+# The scores the protocol reports, by key prefix: the paper's (the cross-encoder), the first stage's, the product's.
+SCORES = (("", "cross-encoder (the paper's score)"), ("first_stage/", "first stage (dual encoder)"), ("fused/", "fused (what retrieval ranks by)"))
+
+
 def summary_lines(args: argparse.Namespace, results: dict) -> list[str]:
-    """The protocol's numbers for the end-of-run summary."""
+    """The protocol's numbers for the end-of-run summary: one block per score measured."""
     lines = []
-    for direction in ("image_to_text", "text_to_image"):
-        if f"{direction}/R@1" in results:
-            ranks = " / ".join(f"{results[f'{direction}/R@{k}']:.2f}" for k in (1, 5, 10))
-            lines.append(f"{direction:>14}  Rank@1/5/10 = {ranks} %")
-    if "tia/accuracy" in results:
-        lines.append(f"{'matching':>14}  accuracy = {results['tia/accuracy']:.2f} %   AUC = {results['tia/auc']:.4f}")
+    for prefix, title in SCORES:
+        if f"{prefix}image_to_text/R@1" not in results and f"{prefix}text_to_image/R@1" not in results:
+            continue
+        if prefix == "fused/":
+            title += f", fusion weight {results['fused/weight']:g}"
+        lines.append(title)
+        for direction in ("image_to_text", "text_to_image"):
+            if f"{prefix}{direction}/R@1" in results:
+                ranks = " / ".join(f"{results[f'{prefix}{direction}/R@{k}']:.2f}" for k in (1, 5, 10))
+                lines.append(f"  {direction:>14}  Rank@1/5/10 = {ranks} %")
+        if prefix == "" and "tia/accuracy" in results:
+            lines.append(f"  {'matching':>14}  accuracy = {results['tia/accuracy']:.2f} %   AUC = {results['tia/auc']:.4f}")
+        elif f"{prefix}auc" in results:
+            lines.append(f"  {'matching':>14}  AUC = {results[f'{prefix}auc']:.4f}")
     return lines
 
 

@@ -137,8 +137,13 @@ def training_loss(args: argparse.Namespace, outputs, step: int) -> tuple[torch.T
     return outputs.loss, None
 
 
-def evaluate(args: argparse.Namespace, model: MapIvrModel, processor: MapIvrFeatureExtractor, eval_dataset) -> dict:
-    """Every test image against the whole test video gallery: mAP@10/20/50/100 for S_A, S_V and S_all."""
+def evaluate(
+    args: argparse.Namespace, model: MapIvrModel, processor: MapIvrFeatureExtractor, eval_dataset, validation_rows=None
+) -> dict:
+    """
+    Every test image against the whole test video gallery: mAP@10/20/50/100 for S_A, S_V and S_all (MAP-IVR makes no
+    post-training choice, so `validation_rows` is unused).
+    """
     return evaluate_activity_retrieval(
         model, eval_dataset, seed=args.seed, feature_extractor=processor, batch_size=args.per_device_eval_batch_size
     )
