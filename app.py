@@ -313,10 +313,11 @@ def build_demo(
             (catalogue_image(i), f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
             for rank, (i, s) in enumerate(hits, start=1)
         ]
-        index = model.index
+        index, weight = model.index, model.model.config.fusion_weight
+        reranker = "the cross-encoder" if weight is None else f"the fused score (w = {weight:g}) of the first stage and the cross-encoder"
         note = (
             f"The dual-encoder index ({index.kind}, {index.backend}) over {len(index):,} catalogue images gave its "
-            f"{result.num_reranked} nearest; the cross-encoder re-ranked them"
+            f"{result.num_reranked} nearest; {reranker} re-ranked them"
         )
         if fashion.max_views > 1:
             note += "; each product is shown once, by its best-scoring view"

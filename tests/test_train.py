@@ -124,10 +124,27 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
     card_text = (final / "README.md").read_text()
     assert "| first stage | image → text |" in card_text and "| fused (product) | text → image |" in card_text
     assert f"w = {results['fused/weight']}" in card_text
+    assert 'modules_to_save=["pooler", "seq_relationship"]' in card_text  # what a PEFT fine-tune must keep
     for name in ("retrieval_text_to_image.png", "retrieval_image_to_text.png", "alignment_loss.png", "task_weights.png"):
         assert f"]({name})" in card_text
         with Image.open(final / name) as picture:
             assert picture.format == "PNG" and picture.width > picture.height > 0
+
+
+def test_two_fixed_step_runs_of_the_same_seed_give_identical_weights(tiny_bert, tmp_path):
+    """The quick recipe trains a fixed number of steps (no time limit), mined negatives included: the same seed and
+    command give the same model, bit for bit."""
+    extra = ("--max_train_steps", "4", "--alignment_warmup_steps", "1", "--hard_negative_warmup_steps", "2",
+             "--do_eval", "false")
+    for name in ("first", "second"):
+        run_train(fashion_args(tiny_bert, tmp_path / name, *extra))
+    first = load_file(tmp_path / "first" / "final" / "model.safetensors")
+    second = load_file(tmp_path / "second" / "final" / "model.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    history = json.loads((tmp_path / "first" / "train_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
 
 
 def test_map_ivr_end_to_end(tmp_path):

@@ -271,3 +271,18 @@ def test_the_first_unmasked_batches_carry_no_mlm_or_mpm_masks():
         assert (batch["alignment_labels"] == 1).sum() == 6  # negatives as usual
     batch = collator(examples)
     assert (batch["labels"] != -100).any(dim=1).all() and batch["mpm_mask"].any(dim=1).all()
+
+
+def test_the_quick_recipe_says_how_long_its_fixed_steps_took_before_the_first_step():
+    from xmodal.training.fashionbert import describe
+
+    model = tiny_model()
+    groups = optimizer_parameter_groups(model, 1e-4, 0.0, ["cls.seq_relationship.weight"], 10)
+    optimizer = torch.optim.AdamW(groups)
+    quick = FASHIONBERT_RECIPES["quick"]
+    line = describe(train.parse_args([]), optimizer)
+    assert f"the recipe's {quick.max_train_steps} steps" in line and f"took {quick.reference_minutes:g} minutes" in line
+    assert f"{quick.hard_negatives} mined TIA negative(s) per pair after step {quick.hard_negative_warmup_steps}" in line
+    # Another length or batch than the recipe's: no reference time to quote.
+    assert "Expected" not in describe(train.parse_args(["--max_train_steps", "10"]), optimizer)
+    assert "Expected" not in describe(train.parse_args(["--per_device_train_batch_size", "8"]), optimizer)

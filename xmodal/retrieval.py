@@ -347,8 +347,8 @@ class FashionRetriever(_CachedRetriever):
         if not self.has_dual_encoder:
             raise ValueError(
                 f"{what} needs a FashionBERT with dual-encoder heads, and this checkpoint has none "
-                "(`contrastive_projection_dim` is None): train it with `--contrastive_projection_dim` (e.g. "
-                "`python train.py --contrastive_projection_dim 256 ...`), or use rank_images / rank_texts."
+                "(`contrastive_projection_dim` is None): train one with the quick recipe (`python train.py`, which trains "
+                "them) or `--contrastive_projection_dim 256`, or use rank_images / rank_texts."
             )
 
     @classmethod
