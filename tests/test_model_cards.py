@@ -39,7 +39,9 @@ def test_fashionbert_card_shows_rank_at_k_matching_accuracy_and_auc():
     text = card("fashionbert", FASHION_METRICS).content
     assert "| image → text | 27.50 | 61.25 | 78.00 |" in text
     assert "| text → image | 30.12 | 64.00 | 80.50 |" in text
-    assert "| accuracy (%) | 84.31 |" in text and "| ROC AUC | 0.9123 |" in text
+    assert "| accuracy (%), cross-encoder | 84.31 |" in text and "| ROC AUC, cross-encoder | 0.9123 |" in text
+    # A model without dual-encoder heads has one score, the paper's, and no fusion to describe.
+    assert "| cross-encoder (paper) | image → text | 27.50 |" in text and "it is the only score of this model" in text
     data = ModelCard(text).data
     assert {m.metric_type: m.metric_value for m in data.eval_results} == FASHION_METRICS
     # Without matching metrics there is no matching table; without any results the card says so.

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from xmodal.training import precision
 from xmodal.training.precision import bf16_supported, default_mixed_precision
@@ -45,6 +46,7 @@ def test_other_devices_stay_in_float32():
 
 def test_train_flag_auto_forced_and_under_accelerate_launch(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(AcceleratorState, "_shared_state", {})  # as in a fresh interpreter
     monkeypatch.setattr(train, "default_mixed_precision", lambda device: f"auto on {device}")
     device = "cuda" if torch.cuda.device_count() > 0 else "cpu"
     assert train.resolve_mixed_precision("auto") == f"auto on {device}"
@@ -55,6 +57,15 @@ def test_train_flag_auto_forced_and_under_accelerate_launch(monkeypatch):
     assert train.parse_args([]).mixed_precision == "auto"
     with pytest.raises(SystemExit):
         train.parse_args(["--mixed_precision", "fp8"])
+
+
+def test_auto_keeps_the_precision_of_this_process_accelerate_state(monkeypatch):
+    """A second train.main() in one interpreter (a notebook, the in-process tests): accelerate's state cannot change,
+    so `auto` keeps it instead of asking for another precision and failing."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(AcceleratorState, "_shared_state", {"_mixed_precision": "no"})
+    assert train.resolve_mixed_precision("auto") is None
+    assert train.resolve_mixed_precision("bf16") == "bf16"  # an explicit flag is passed on (accelerate refuses a change)
 
 
 def test_training_attention_is_eager_only_for_bf16_on_a_cpu():

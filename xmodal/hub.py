@@ -212,6 +212,7 @@ def build_model_card(
     results_note: str = "",
     license: str = "apache-2.0",
     figures: Sequence[Mapping[str, Any]] = (),
+    fusion_weight: float | None = None,
     **template_fields: Any,
 ) -> ModelCard:
     """
@@ -222,6 +223,8 @@ def build_model_card(
     FashionBERT's Rank@K, fractions in [0, 1] for mAP). `base_model` (a Hub repo id, or None when the model was not
     initialised from one) is named in the text and as `base_model` metadata (the Hub's model tree). `figures` are
     `{"file": name in the model folder, "caption": ...}` (e.g. the PNGs `save_model_folder` copies), shown in order.
+    `fusion_weight` (FashionBERT with dual-encoder heads: `config.fusion_weight`) describes the fused score; None for
+    a model ranked by its cross-encoder alone.
     """
     matching: list[dict] = []
     if model_type == "fashionbert":
@@ -266,6 +269,7 @@ def build_model_card(
         hyperparameters=dict(hyperparameters),
         limitations=limitations,
         figures=_card_figures(figures),
+        fusion_weight=fusion_weight,
         **template_fields,
     )
 
