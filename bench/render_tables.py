@@ -192,9 +192,11 @@ def quality_fashionbert(r: dict) -> str:
     for key, row in r["rows"].items():
         # Rows that change only losses, heads or schedules step at the default's rate (see the script).
         rate = steps_per_minute.get(row["row"]) or steps_per_minute.get(f"sweep: {row['row']}") or steps_per_minute.get("default")
+        baseline = {"dual_encoder": "dual encoder (cosine)", "vilt": "ViLT's score"}.get(row.get("settings", {}).get("model"))
         for prefix, score in SCORES:
             if f"{prefix}image_to_text/R@1" not in row["mean"]:
                 continue
+            score = baseline or score  # a baseline has one score, under the plain keys
             auc = "tia/auc" if prefix == "" else f"{prefix}auc"
             rows.append([row["row"], row.get("variant", "synthetic"), row["steps"]] + ([f"{rate:.1f}" if rate else "-"] if budget else []) + [score]
                         + [cell(row, f"{prefix}{direction}/R@{k}") for direction in ("image_to_text", "text_to_image") for k in (1, 10)]

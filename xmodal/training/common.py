@@ -169,7 +169,7 @@ def card_fields(args: argparse.Namespace, run: TrainingRun, extra_hyperparameter
         repo_id=args.hub_model_id or Path(args.output_dir).name,
         dataset_name=run.dataset_description,
         dataset_description=run.dataset_description,
-        command="python train.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=shlex.join(["python", "train.py", *sys.argv[1:]]),
         hyperparameters=hyperparameters,
         limitations=limitations,
         precision=precision_name(args.mixed_precision),
