@@ -743,10 +743,11 @@ class FashionRetriever(_CachedRetriever):
         text_vector = self._text_vectors(encoded)[0]
         candidates = _first_stage(self._image_index, text_vector, max(first_stage_k, top_k))
         features, vectors = self.encode_images([self._indexed_images[p] for p in candidates.tolist()])
+        similarity = vectors @ text_vector
         scores, log_odds = self._rerank_scores(
-            encoded, features, torch.zeros_like(candidates), torch.arange(candidates.numel()), vectors @ text_vector
+            encoded, features, torch.zeros_like(candidates), torch.arange(candidates.numel()), similarity
         )
-        return self._finish(torch.from_numpy(self._image_index.ids)[candidates], scores, log_odds, vectors @ text_vector, top_k)
+        return self._finish(torch.from_numpy(self._image_index.ids)[candidates], scores, log_odds, similarity, top_k)
 
     def search_texts(self, image: ImageInput, top_k: int = 10, first_stage_k: int = 100) -> RetrievalResult:
         """
