@@ -1,94 +1,39 @@
 """
-Retrieval you can call: rank a gallery with any saved FashionBERT or MAP-IVR folder (or Hub repo id).
-
-```python
-from xmodal.retrieval import ActivityRetriever, FashionRetriever
-
-retriever = FashionRetriever.from_pretrained("outputs/fashionbert/final")
-result = retriever.rank_images("red silk dress with long sleeves", images, top_k=5)  # images: PIL / paths / arrays
-result.indices, result.scores     # (5,) gallery indices, best first; aligned-class log-odds
-retriever.rank_texts(images[0], captions, top_k=5)
-
-activity = ActivityRetriever.from_pretrained("outputs/map_ivr/final")
-hits = activity.rank_videos(image_features, video_features, top_k=5, lambda_v=0.5, num_samples=20)
-hits.indices, hits.s_a, hits.s_v, hits.s_all   # distances, lower = closer
-```
-
-FashionBERT is a cross-encoder: every (text, image) pair needs one forward pass. Three things keep that affordable:
-
-* Patch features (the frozen patch encoder's output) are computed once per image and cached, keyed by the image's
-  content, so ranking many queries against one gallery encodes the gallery once.
-* Galleries larger than `rerank_top_n` are ranked in two stages. Stage 1 pre-ranks every item cheaply; stage 2 scores
-  the `rerank_top_n` best candidates with the cross-encoder (aligned-class log-odds). With
-  `rerank_top_n >= len(gallery)` (or `None`) the ranking is exact. Stage 1 depends on the checkpoint:
-  - with dual-encoder heads (a model trained with `--contrastive_projection_dim`, i.e.
-    `config.contrastive_projection_dim` set), the trained one: the dot product of the unit-length text and image
-    embeddings (`bert.get_text_embeddings` / `bert.get_image_embeddings`, the image ones cached with the patch
-    features), which the image-text contrastive task trains to rank matches first;
-  - without them, a heuristic: the cosine between the mean of the query's word embeddings
-    (`bert.embeddings.word_embeddings`, special tokens and padding excluded) and the mean of the image's projected
-    patch embeddings (`bert.patch_embeddings.projection`). Both live in the model's hidden space, but FashionBERT is
-    never trained to align them directly, so this is a filter whose recall is not guaranteed.
-  Either way a true match that stage 1 drops cannot come back.
-* For catalogues searched many times, `FashionRetriever.build_index(images)` puts the image embeddings in an
-  `xmodal.indexing.EmbeddingIndex` (faiss or torch; saved with `save_index`, no pickle) and
-  `search_images(text, top_k, first_stage_k)` re-ranks only the index's `first_stage_k` nearest with the
-  cross-encoder (equal to the exhaustive cross-encoder ranking when `first_stage_k >= len(gallery)`). The same for
-  captions: `build_text_index(texts)` and `search_texts(image, ...)`. Both need dual-encoder heads.
-
-```python
-retriever.build_index(catalogue_paths)              # image embeddings, once
-retriever.save_index("outputs/catalogue_index")      # later: retriever.load_index("outputs/catalogue_index")
-retriever.search_images("red silk dress", top_k=10, first_stage_k=100)
-```
-
-MAP-IVR is a dual encoder: `ActivityRetriever` encodes the video gallery once (`MapIvrModel.encode_videos`, cached by
-content) and ranks with S_A, S_V and S_all (`MapIvrModel.score`). Its inputs are precomputed features, normalised by
-the checkpoint's `MapIvrFeatureExtractor` when the folder has one. For large galleries, `ActivityRetriever.build_index`
-indexes the unit-length appearance codes a^v (S_A = 1 - cos(a^u, a^v) = 1 - inner product, so an inner-product index
-ranks exactly by S_A) and `search_videos` scores S_V / S_all exactly on the index's `first_stage_k` closest videos
-under S_A only.
+FashionBERT's retrieval: `FashionRetriever` (cross-encoder ranking with cached patch features, the cheap pre-ranking,
+image and caption indexes with dual-encoder heads) and its `RetrievalResult`. The overview is the `xmodal.retrieval`
+package docstring.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
+from transformers import AutoProcessor
 
 # Importing the package registers the Auto classes, so saved folders load without trust_remote_code.
 from xmodal.fashionbert import FashionBertForImageTextRetrieval, FashionBertProcessor
-from xmodal.files import file_fingerprint, local_or_repo_id, looks_local
 from xmodal.indexing import EmbeddingIndex
-from xmodal.map_ivr import MapIvrEncodedVideos, MapIvrFeatureExtractor, MapIvrModel
 
-
-__all__ = [
-    "ActivityRetrievalResult",
-    "ActivityRetriever",
-    "FashionRetriever",
-    "RetrievalResult",
-    "load_checkpoint_config",
-]
-
-ImageInput = PIL.Image.Image | np.ndarray | str | os.PathLike
-VIDEO_FEATURES_FILE = "video_features.safetensors"  # beside an ActivityRetriever's EmbeddingIndex files
+from .common import (
+    ImageInput,
+    _CachedRetriever,
+    _check_first_stage_k,
+    _check_top_k,
+    _content_key,
+    _first_stage,
+    _pick_device,
+    _quiet_transformers,
+    _top_k,
+)
 
 
 @dataclass
@@ -116,182 +61,6 @@ class RetrievalResult:
     similarity: torch.Tensor | None = None
 
 
-@dataclass
-class ActivityRetrievalResult:
-    """
-    Top-k videos of one image query under S_all, closest first (ties broken by the lower gallery index).
-
-    Args:
-        indices (`torch.LongTensor` of shape `(k,)`): gallery indices (the index's ids for `search_videos`).
-        scores (`torch.FloatTensor` of shape `(k,)`): the ranking distances, equal to `s_all` (lower = closer).
-        s_a (`torch.FloatTensor` of shape `(k,)`): appearance distance S_A = 1 - cos(a^u, a^v) of each hit.
-        s_v (`torch.FloatTensor` of shape `(k,)`): hallucinated-video distance S_V (min over the h sampled codes).
-        s_all (`torch.FloatTensor` of shape `(k,)`): S_all = (1 - lambda_v) * S_A + lambda_v * S_V.
-        lambda_v (`float`): the lambda_v used.
-        num_samples (`int`): the h used.
-    """
-
-    indices: torch.Tensor
-    scores: torch.Tensor
-    s_a: torch.Tensor
-    s_v: torch.Tensor
-    s_all: torch.Tensor
-    lambda_v: float
-    num_samples: int
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def load_checkpoint_config(path: str | os.PathLike, expected_model_type: str | None = None, **kwargs):
-    """
-    The config of a saved folder or Hub repo id through `AutoConfig`, with errors that name `path`.
-
-    Args:
-        path: a local folder or a Hub repo id (`owner/name`).
-        expected_model_type: `"fashionbert"` or `"map_ivr"`; a folder of another model is a `ValueError`.
-        **kwargs: passed to `AutoConfig.from_pretrained` (`revision`, `local_files_only`, `token`...).
-
-    Raises:
-        FileNotFoundError: `path` looks local (`xmodal.files.looks_local`: exists, is absolute, starts with `.`/`~`
-            or has more than one `/`) but has no `config.json`, or is neither a local folder nor a reachable repo.
-        ValueError: the checkpoint is not of `expected_model_type`.
-    """
-    text, source = str(path), local_or_repo_id(path)
-    if looks_local(path) and not (Path(source) / "config.json").is_file():
-        what = "is not a folder" if not Path(source).is_dir() else "has no config.json"
-        raise FileNotFoundError(f"checkpoint {text!r} {what}: pass a folder written by train.py / save_pretrained.")
-    try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"could not load a checkpoint from {text!r}: {error}") from error
-    if expected_model_type is not None and config.model_type != expected_model_type:
-        raise ValueError(
-            f"checkpoint {text!r} is a {config.model_type!r} model, not {expected_model_type!r}."
-        )
-    return config
-
-
-def _content_key(item: Any) -> str:
-    """A key that is equal for equal image content (PIL, array, tensor) or for the same unchanged file (path)."""
-    digest = hashlib.blake2b(digest_size=16)
-    if isinstance(item, (str, os.PathLike)):
-        digest.update(f"path:{file_fingerprint(item)}".encode())
-    elif isinstance(item, PIL.Image.Image):
-        digest.update(f"pil:{item.mode}:{item.size}".encode())
-        digest.update(item.tobytes())
-    else:
-        array = np.ascontiguousarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item))
-        digest.update(f"array:{array.dtype}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _top_k(scores: torch.Tensor, top_k: int, descending: bool) -> torch.Tensor:
-    """Positions of the `top_k` best scores, ties to the lower position (stable sort)."""
-    order = torch.sort(scores, descending=descending, stable=True).indices
-    return order[:top_k]
-
-
-def _check_top_k(top_k: int) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"`top_k` must be a positive int, got {top_k!r}.")
-
-
-def _check_first_stage_k(first_stage_k: int) -> None:
-    if isinstance(first_stage_k, bool) or not isinstance(first_stage_k, int) or first_stage_k < 1:
-        raise ValueError(f"`first_stage_k` must be a positive int, got {first_stage_k!r}.")
-
-
-def _first_stage(index: EmbeddingIndex, query: torch.Tensor, count: int) -> torch.Tensor:
-    """Row numbers of the index's `count` nearest to `query` (one vector), sorted back into gallery order."""
-    positions, _ = index.search_positions(query.reshape(1, -1).float(), count)
-    positions = positions[0][positions[0] >= 0]
-    # Gallery order, so ties in the exact second-stage score still go to the lower gallery index.
-    return torch.sort(torch.from_numpy(positions)).values
-
-
-def _pick_device(device: str | torch.device | None) -> str | torch.device:
-    """`device`, or CUDA when available, else CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers logs only errors inside the block (e.g. no load report about expected unused weights)."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-class _CachedRetriever:
-    """
-    What both retrievers share: the model in eval mode on its device, and a least-recently-used cache of encoded
-    inputs keyed by their content (`_content_key`), at most `cache_size` entries.
-    """
-
-    def __init__(self, model: torch.nn.Module, cache_size: int):
-        self.model = model.eval()
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._fingerprint: str | None = None
-
-    @property
-    def model_fingerprint(self) -> str:
-        """
-        SHA-256 of the model's weights (every parameter and buffer: name, dtype, shape, values), computed once.
-        Indexes record it (`EmbeddingIndex.source`) and `load_index` refuses an index built by other weights, whose
-        embeddings would not be comparable with this model's queries.
-        """
-        if self._fingerprint is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._fingerprint = "sha256:" + digest.hexdigest()
-        return self._fingerprint
-
-    def _check_index_source(self, index: EmbeddingIndex, folder: str | os.PathLike) -> None:
-        if index.source is not None and index.source != self.model_fingerprint:
-            raise ValueError(
-                f"the index in {str(folder)!r} was built by another model ({index.source[:19]}...; this model is "
-                f"{self.model_fingerprint[:19]}...): its embeddings do not match this model's queries; build it again."
-            )
-
-    @staticmethod
-    def _checkpoint(path: str | os.PathLike, model_type: str, **kwargs) -> tuple[Any, str]:
-        """`(config, source)`: the checked config of a `model_type` folder or repo id, and what to load it from."""
-        return load_checkpoint_config(path, model_type, **kwargs), local_or_repo_id(path)
-
-    def clear_cache(self) -> None:
-        """Forget every cached encoding."""
-        self._cache.clear()
-
-    def _cached(self, keys: Sequence[str], encode: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
-        """
-        The cached values of `keys`, in order; `encode(positions)` computes the values of the keys not cached (the
-        first position of each, once), which are then cached. The least recently used entries beyond `cache_size`
-        are dropped after the call.
-        """
-        missing: dict[str, int] = {}
-        for position, key in enumerate(keys):
-            if key not in self._cache and key not in missing:
-                missing[key] = position
-        computed = dict(zip(missing, encode(list(missing.values())))) if missing else {}
-        values = [computed[key] if key in computed else self._cache[key] for key in keys]
-        for key, value in zip(keys, values):
-            self._cache[key] = value
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return values
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # FashionBERT
 # ---------------------------------------------------------------------------------------------------------------------
@@ -300,8 +69,8 @@ class _CachedRetriever:
 class FashionRetriever(_CachedRetriever):
     """
     Text-to-image and image-to-text ranking with a FashionBERT checkpoint (cross-encoder, cached patch features,
-    optional cheap pre-ranking, optional embedding indexes when the model has dual-encoder heads; see the module
-    docstring).
+    optional cheap pre-ranking, optional embedding indexes when the model has dual-encoder heads; see the
+    `xmodal.retrieval` docstring).
 
     Args:
         model (`FashionBertForImageTextRetrieval`): the matcher (any FashionBERT checkpoint loads into it).
@@ -429,7 +198,7 @@ class FashionRetriever(_CachedRetriever):
             `(patch_features, prerank_vectors)`: `(N, num_patches, patch_feature_dim)` and `(N, E)` float32 CPU
             tensors. The second, L2-normalised, is the first-stage vector: the dual-encoder image embedding
             (E = `contrastive_projection_dim`) when the model has the heads, else the heuristic's mean projected
-            patch feature (E = `hidden_size`; see the module docstring).
+            patch feature (E = `hidden_size`; see the `xmodal.retrieval` docstring).
         """
         if isinstance(images, (str, os.PathLike, PIL.Image.Image)) or len(images) == 0:
             raise ValueError("`images` must be a non-empty list of images (PIL images, arrays or file paths).")
@@ -770,296 +539,3 @@ class FashionRetriever(_CachedRetriever):
             encoded, features, torch.arange(candidates.numel()), torch.zeros_like(candidates), similarity
         )
         return self._finish(torch.from_numpy(self._text_index.ids)[candidates], scores, log_odds, similarity, top_k)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# MAP-IVR
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class ActivityRetriever(_CachedRetriever):
-    """
-    Image-to-video ranking with a MAP-IVR checkpoint: S_A, S_V and S_all (lower = closer), gallery encoded once.
-
-    Args:
-        model (`MapIvrModel`): the model.
-        feature_extractor (`MapIvrFeatureExtractor`, *optional*): normalises raw features as in training; `None` uses
-            the features as given.
-        seed (`int`, *optional*, defaults to 0): seed of the motion codes z_i ~ N(0, I) drawn for S_V, so the same
-            query gives the same scores on every call.
-        cache_size (`int`, *optional*, defaults to 8): encoded galleries kept.
-    """
-
-    def __init__(
-        self,
-        model: MapIvrModel,
-        feature_extractor: MapIvrFeatureExtractor | None = None,
-        seed: int = 0,
-        cache_size: int = 8,
-    ):
-        super().__init__(model, cache_size)
-        self.feature_extractor = feature_extractor
-        self.seed = seed
-        # Built by build_index (or loaded): the a^v index and the unit v_bar of each indexed video, same order/dtype.
-        self._video_index: EmbeddingIndex | None = None
-        self._video_bars: torch.Tensor | None = None
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | os.PathLike, seed: int = 0, device: str | torch.device | None = None, **kwargs
-    ) -> ActivityRetriever:
-        """
-        Load a MAP-IVR folder (e.g. `outputs/map_ivr/final`) or Hub repo id through `AutoModel` and
-        `AutoFeatureExtractor` (a folder without `preprocessor_config.json` uses raw features).
-
-        Raises:
-            FileNotFoundError / ValueError naming `path` (see `load_checkpoint_config`).
-        """
-        _, source = cls._checkpoint(path, "map_ivr", **kwargs)
-        model = AutoModel.from_pretrained(source, **kwargs)
-        feature_extractor = None
-        local = Path(source)
-        if not local.exists() or (local / "preprocessor_config.json").is_file():
-            try:
-                feature_extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
-            except OSError:
-                feature_extractor = None  # a Hub repo without one
-        return cls(model.to(_pick_device(device)), feature_extractor, seed=seed)
-
-    def _normalized(self, image_features=None, video_features=None, proposal_scores=None, proposal_mask=None):
-        if self.feature_extractor is None:
-            return {
-                k: v
-                for k, v in {
-                    "image_features": image_features,
-                    "video_features": video_features,
-                    "proposal_scores": proposal_scores,
-                    "proposal_mask": proposal_mask,
-                }.items()
-                if v is not None
-            }
-        return dict(
-            self.feature_extractor(
-                image_features=image_features,
-                video_features=video_features,
-                proposal_scores=proposal_scores,
-                proposal_mask=proposal_mask,
-                return_tensors="pt",
-            )
-        )
-
-    def encode_gallery(self, video_features: Any, proposal_scores: Any = None, proposal_mask: Any = None):
-        """
-        The encoded gallery (`MapIvrEncodedVideos`), from the cache when these exact features were seen before.
-
-        Args:
-            video_features: `(N, D)` pooled features or `(N, K, D)` proposal bags (array or tensor), raw (the
-                checkpoint's feature extractor normalises them).
-            proposal_scores, proposal_mask: as in `MapIvrModel.forward`.
-        """
-        parts = [np.asarray(video_features, dtype=np.float32)]
-        parts += [np.asarray(x) for x in (proposal_scores, proposal_mask) if x is not None]
-        key = "|".join(_content_key(p) for p in parts) + f"|{proposal_scores is None}{proposal_mask is None}"
-
-        def encode(_positions: list[int]) -> list[Any]:
-            inputs = self._normalized(
-                video_features=video_features, proposal_scores=proposal_scores, proposal_mask=proposal_mask
-            )
-            return [
-                self.model.encode_videos(
-                    inputs["video_features"], inputs.get("proposal_scores"), inputs.get("proposal_mask")
-                )
-            ]
-
-        return self._cached([key], encode)[0]
-
-    def rank_videos(
-        self,
-        image_features: Any,
-        video_features: Any,
-        top_k: int = 5,
-        lambda_v: float | None = None,
-        num_samples: int | None = None,
-        proposal_scores: Any = None,
-        proposal_mask: Any = None,
-    ) -> ActivityRetrievalResult:
-        """
-        The `top_k` videos closest to one image query under S_all.
-
-        Args:
-            image_features: `(image_feature_dim,)` or `(1, image_feature_dim)` raw features of the query image.
-            video_features: the gallery, `(N, D)` or `(N, K, D)` raw features (encoded once, cached).
-            top_k: how many to return (fewer when the gallery is smaller).
-            lambda_v: weight of S_V in S_all (default: the config's).
-            num_samples: h, motion codes sampled for S_V (default: the config's).
-            proposal_scores, proposal_mask: for proposal bags.
-
-        Returns:
-            `ActivityRetrievalResult` with indices, S_all (`scores`), S_A, S_V of the hits, closest first.
-        """
-        _check_top_k(top_k)
-        query, lambda_v, num_samples = self._query(image_features, lambda_v, num_samples)
-        gallery = self.encode_gallery(video_features, proposal_scores, proposal_mask)
-        scores = self._score(query, gallery, lambda_v, num_samples)
-        best = _top_k(scores.s_all[0], top_k, descending=False)
-        return self._result(scores, best, best, lambda_v, num_samples)
-
-    def _query(self, image_features: Any, lambda_v: float | None, num_samples: int | None):
-        """`(normalised query (1, image_feature_dim), lambda_v, num_samples)`, checked, defaults from the config."""
-        query = np.asarray(image_features, dtype=np.float32)
-        if query.ndim == 1:
-            query = query[None]
-        if query.ndim != 2 or query.shape[0] != 1:
-            raise ValueError(
-                f"`image_features` must be one query, (image_feature_dim,) or (1, image_feature_dim); got {query.shape}."
-            )
-        config = self.model.config
-        lambda_v = config.lambda_v if lambda_v is None else float(lambda_v)
-        if not 0.0 <= lambda_v <= 1.0:
-            raise ValueError(f"`lambda_v` must be in [0, 1], got {lambda_v}.")
-        num_samples = config.num_samples if num_samples is None else int(num_samples)
-        if num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
-        return self._normalized(image_features=query)["image_features"], lambda_v, num_samples
-
-    def _score(self, query: Any, gallery: MapIvrEncodedVideos, lambda_v: float, num_samples: int):
-        """`MapIvrModel.score`, motion codes drawn from a generator seeded with `seed` (the same for any gallery)."""
-        generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
-        return self.model.score(query, gallery, num_samples=num_samples, lambda_v=lambda_v, generator=generator)
-
-    @staticmethod
-    def _result(scores, best: torch.Tensor, indices: torch.Tensor, lambda_v: float, num_samples: int):
-        return ActivityRetrievalResult(
-            indices=indices.clone(),
-            scores=scores.s_all[0, best].clone(),
-            s_a=scores.s_a[0, best].clone(),
-            s_v=scores.s_v[0, best].clone(),
-            s_all=scores.s_all[0, best].clone(),
-            lambda_v=lambda_v,
-            num_samples=num_samples,
-        )
-
-    # ---- indexed search ----
-
-    def build_index(
-        self,
-        video_features: Any,
-        proposal_scores: Any = None,
-        proposal_mask: Any = None,
-        dtype: str = "float32",
-        ids: Any = None,
-        **index_params: Any,
-    ) -> EmbeddingIndex:
-        """
-        Index a video gallery for `search_videos`: an `EmbeddingIndex` over the unit-length appearance codes a^v
-        (inner product = cos(a^u, a^v) = 1 - S_A, so the index ranks by S_A exactly, up to its approximation), plus
-        the unit-length pooled features v_bar that S_V needs, both in `dtype` on the CPU.
-
-        Memory per video, torch or faiss exact index: `(appearance_dim + video_feature_dim) * 4 + 8` bytes in
-        float32, `* 2 + 8` in float16 (the 8: its int64 id), e.g. 18_440 / 9_224 bytes at the default 512-d
-        appearance and 4096-d features (an approximate faiss kind adds its structure: see `xmodal.indexing`).
-
-        Args:
-            video_features, proposal_scores, proposal_mask: the gallery, as in `encode_gallery` (encoded once).
-            dtype: `"float32"` or `"float16"` storage (half the memory; S_A and S_V are then computed from the
-                rounded codes, within ~1e-3 of the float32 distances).
-            ids: `(N,)` distinct integer ids that `search_videos` returns instead of gallery positions.
-            **index_params: passed to `EmbeddingIndex.build` (`backend`, `kind`, `ef_search`, `nprobe`...).
-
-        Returns:
-            The `EmbeddingIndex` (also used by `search_videos` from now on).
-        """
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"`dtype` must be 'float32' or 'float16', got {dtype!r}.")
-        gallery = self.encode_gallery(video_features, proposal_scores, proposal_mask)
-        appearance = F.normalize(gallery.appearance.float().cpu(), dim=-1)
-        index = EmbeddingIndex.build(appearance, ids=ids, dtype=dtype, source=self.model_fingerprint, **index_params)
-        self._video_index = index
-        self._video_bars = gallery.video_features.float().cpu().to(getattr(torch, dtype)).contiguous()
-        return index
-
-    @property
-    def index(self) -> EmbeddingIndex | None:
-        """The a^v index of `build_index` / `load_index` (None before)."""
-        return self._video_index
-
-    def save_index(self, folder: str | os.PathLike) -> None:
-        """
-        Write the video index to `folder`: the `EmbeddingIndex` files (safetensors + JSON, `index.faiss` for
-        approximate kinds; no pickle) and `video_features.safetensors` (the unit v_bar, in the index's dtype).
-        """
-        if self._video_index is None:
-            raise ValueError("no video index to save: call build_index(video_features) first.")
-        self._video_index.save(folder)
-        save_file({"video_features": self._video_bars}, str(Path(folder) / VIDEO_FEATURES_FILE))
-
-    def load_index(self, folder: str | os.PathLike, backend: str = "auto") -> EmbeddingIndex:
-        """
-        Load a video index written by `save_index` (by this model's weights: see `model_fingerprint`).
-
-        Raises:
-            FileNotFoundError / ValueError naming `folder` or the file at fault, or an index built by other weights.
-        """
-        index = EmbeddingIndex.load(folder, backend=backend)
-        self._check_index_source(index, folder)
-        config = self.model.config
-        if index.dim != config.appearance_dim:
-            raise ValueError(
-                f"the index in {str(folder)!r} holds {index.dim}-d codes; this model's a^v are "
-                f"{config.appearance_dim}-d."
-            )
-        path = Path(folder) / VIDEO_FEATURES_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"video index folder {str(folder)!r} has no {VIDEO_FEATURES_FILE}.")
-        try:
-            with safe_open(str(path), framework="pt") as file:
-                bars = file.get_tensor("video_features")
-        except Exception as error:  # safetensors raises its own error types for a broken file
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file of video features: {error}") from error
-        if tuple(bars.shape) != (len(index), config.video_feature_dim) or str(bars.dtype) != f"torch.{index.dtype}":
-            raise ValueError(
-                f"{str(path)!r} holds {tuple(bars.shape)} {bars.dtype}; expected ({len(index)}, "
-                f"{config.video_feature_dim}) {index.dtype}."
-            )
-        self._video_index, self._video_bars = index, bars
-        return index
-
-    def search_videos(
-        self,
-        image_features: Any,
-        top_k: int = 5,
-        first_stage_k: int = 100,
-        lambda_v: float | None = None,
-        num_samples: int | None = None,
-    ) -> ActivityRetrievalResult:
-        """
-        The `top_k` indexed videos closest to one image query under S_all, scoring only the index's `first_stage_k`
-        closest videos under S_A. Their S_A, S_V and S_all are exact (`MapIvrModel.score` on the candidates, with the
-        motion codes of `rank_videos`: a generator seeded with `seed`, so the same z_i). Equal to `rank_videos` on
-        the indexed gallery when `first_stage_k >= len(gallery)` (float32, exact or complete index); otherwise a
-        video with a poor S_A but a good S_V can be missed (never with `lambda_v=0`, up to the index's recall).
-
-        Args:
-            image_features: `(image_feature_dim,)` or `(1, image_feature_dim)` raw features of the query image.
-            top_k: how many to return (fewer when the gallery is smaller).
-            first_stage_k: candidates taken from the index (at least `top_k`).
-            lambda_v, num_samples: as in `rank_videos`.
-
-        Returns:
-            `ActivityRetrievalResult`; `indices` are the index's ids (gallery positions unless `ids` were given).
-        """
-        _check_top_k(top_k)
-        _check_first_stage_k(first_stage_k)
-        if self._video_index is None:
-            raise ValueError("no video index: call build_index(video_features) or load_index(folder) first.")
-        query, lambda_v, num_samples = self._query(image_features, lambda_v, num_samples)
-        image_appearance = F.normalize(self.model.encode_images(query).float().cpu(), dim=-1)  # a^u / ||a^u||
-        candidates = _first_stage(self._video_index, image_appearance[0], max(first_stage_k, top_k))
-        gallery = MapIvrEncodedVideos(
-            appearance=self._video_index.get_vectors(candidates.numpy()),
-            video_features=self._video_bars[candidates].float(),
-        )
-        scores = self._score(query, gallery, lambda_v, num_samples)
-        best = _top_k(scores.s_all[0], top_k, descending=False)
-        ids = torch.from_numpy(self._video_index.ids)[candidates[best]]
-        return self._result(scores, best, ids, lambda_v, num_samples)
