@@ -353,8 +353,8 @@ def finish(
     history, the push.
     """
     model.eval()
-    with accelerator.autocast():
-        results = training.evaluate(args, model, processor, eval_dataset, validation_rows) if args.do_eval else {}
+    # Scored in the training's precision (`scoring_precision`), which evaluate passes to the protocol.
+    results = training.evaluate(args, model, processor, eval_dataset, validation_rows) if args.do_eval else {}
     if args.push_to_hub:  # the card's loading snippet needs the full `namespace/name`
         args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.hub_private_repo or None)
     figures = []

@@ -13,6 +13,9 @@ from xmodal.evaluation.activity_retrieval import (
     mean_average_precision_at_k,
 )
 
+# Exactness tests: metrics compared with float32 hand computations (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 
 METRIC_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "xmodal", "evaluation", "metrics", "activity_map")
 

@@ -17,6 +17,9 @@ from xmodal.evaluation.fashion_retrieval import (
 )
 from xmodal.evaluation.ranking import average_ranks, mann_whitney_auc, rank_of_ground_truth, recall_at_k
 
+# Exactness tests: metrics compared with float32 hand computations (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 
 METRIC_DIR = os.path.join(os.path.dirname(__file__), "..", "xmodal", "evaluation", "metrics", "fashion_retrieval")
 

@@ -24,6 +24,9 @@ from xmodal.hub import build_model_card, custom_pipelines, save_model_folder
 
 from tiny_fashionbert import save_tiny_fashionbert_folders
 
+# Exactness tests: rankings compared with float32 brute force (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 TEXTS = ["red silk sleeveless dress", "black wool coat", "red coat, silk sleeve", "wool"]
 TASK = "fashion-retrieval"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from xmodal.training import precision
+import xmodal.precision as scoring_precision
 from xmodal.training.precision import bf16_supported, default_mixed_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +29,7 @@ def test_cpu_precision_without_torch_probes_reads_the_cpu_flags(monkeypatch, tmp
     real_open = open
     for name, text in flags.items():
         (tmp_path / name).write_text(text)
-        monkeypatch.setattr(precision, "open", lambda path, *a, _n=name, **k: real_open(tmp_path / _n, *a, **k), raising=False)
+        monkeypatch.setattr(scoring_precision, "open", lambda path, *a, _n=name, **k: real_open(tmp_path / _n, *a, **k), raising=False)
         assert default_mixed_precision("cpu") == ("bf16" if name == "with" else "no")
 
 

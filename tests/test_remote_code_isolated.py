@@ -44,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import local_hub  # noqa: E402, F401  (a fixture)
 from tiny_fashionbert import FUSED, save_tiny_fashionbert_folders, score_matrix  # noqa: E402
 
+# Exactness tests: rankings compared with float32 brute force (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["red silk sleeveless dress", "black wool coat, zebra"]
 SCORE_SEED = 7
@@ -446,8 +449,9 @@ def describe(obj):
 results = {}
 for source in sources:
     search = pipeline("fashion-retrieval", model=source, trust_remote_code=True, device="cpu")
-    text_to_image = [search(text, candidate_images=images) for text in texts]
-    image_to_text = [search(image, candidate_texts=texts, top_k=2) for image in images]
+    # float32: compared with the float32 scores the test computes (bf16 has its own test in test_fashion_pipeline.py)
+    text_to_image = [search(text, candidate_images=images, precision="float32") for text in texts]
+    image_to_text = [search(image, candidate_texts=texts, top_k=2, precision="float32") for image in images]
     results[source] = {
         "pipeline": describe(search),
         "model": describe(search.model),

@@ -15,6 +15,9 @@ from xmodal.retrieval import ActivityRetriever, FashionRetriever
 
 from tiny_fashionbert import golden_fashionbert_with_heads, save_tiny_fashionbert_folders, score_matrix
 
+# Exactness tests: rankings compared with float32 brute force (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 
 FAISS_MISSING = "faiss is not installed (`pip install faiss-cpu`, part of the `test` extra): faiss backend not tested"
 

@@ -177,6 +177,7 @@ def evaluate_activity_retrieval(
     feature_extractor=None,
     query_column: str | None = "is_query",
     normalization: str = "hits",
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Scores every test query image against the whole test video gallery and reports mAP@K.
 
@@ -197,6 +198,8 @@ def evaluate_activity_retrieval(
         feature_extractor: a fitted `MapIvrFeatureExtractor` applied to the features first (use the one the
             model was trained with); None uses the features as stored.
         normalization: AP@K normalisation, see `mean_average_precision_at_k`.
+        precision: "auto" (the encoders under bf16 autocast where the device computes bf16 natively, float32
+            elsewhere), "bf16" or "float32" (`xmodal.precision`); the distances are float32 either way.
 
     Returns:
         flat dict: `"s_a/mAP@10"`, ..., `"s_v/mAP@K"`, `"s_all/mAP@K"` (in [0, 1]), `"num_queries"`,
@@ -232,16 +235,19 @@ def evaluate_activity_retrieval(
 
     num_samples = model.config.num_samples if num_samples is None else num_samples
     lambda_v = model.config.lambda_v if lambda_v is None else lambda_v
-    scores = model.score(
-        tensor(image_features),
-        tensor(video_features),
-        num_samples=num_samples,
-        lambda_v=lambda_v,
-        generator=torch.Generator().manual_seed(seed),
-        proposal_scores=tensor(proposal_scores),
-        proposal_mask=tensor(proposal_mask, torch.bool),
-        chunk_size=batch_size,
-    )
+    from xmodal.precision import scoring_autocast
+
+    with scoring_autocast(precision, model.device):
+        scores = model.score(
+            tensor(image_features),
+            tensor(video_features),
+            num_samples=num_samples,
+            lambda_v=lambda_v,
+            generator=torch.Generator().manual_seed(seed),
+            proposal_scores=tensor(proposal_scores),
+            proposal_mask=tensor(proposal_mask, torch.bool),
+            chunk_size=batch_size,
+        )
     query_labels = labels[is_query]
     result: dict[str, float] = {}
     for name in ("s_a", "s_v", "s_all"):

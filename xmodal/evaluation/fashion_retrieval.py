@@ -696,7 +696,7 @@ def _dual_encoder(model):
 
 def score_protocol_pairs(
     model, eval_data, text_rows: np.ndarray, image_rows: np.ndarray, processor=None, max_text_length: int | None = None,
-    batch_size: int = 64, device=None, show_progress: bool = True,
+    batch_size: int = 64, device=None, show_progress: bool = True, precision: str = "auto",
 ) -> dict[str, np.ndarray]:
     """
     Scores (text row, image row) pairs of `eval_data` with a FashionBERT retrieval model.
@@ -704,12 +704,23 @@ def score_protocol_pairs(
     Returns:
         `{"cross_encoder": (P,) aligned-class log-odds}`, plus `"first_stage"`: (P,) cosine similarities of the
         dual-encoder embeddings (`get_text_embeddings` / `get_image_embeddings`) when the model has the heads. Every
-        text and image is encoded once, pairs are scored in chunks sorted by text length (each cut to its longest text).
+        text and image is encoded once, pairs are scored in chunks sorted by text length (each cut to its longest text),
+        under `precision` (`xmodal.precision.scoring_autocast`: "auto" = bf16 where the device computes it natively).
     """
+    from xmodal.precision import scoring_autocast
+
+    device = _model_device(model, device)
+    with scoring_autocast(precision, device):
+        return _score_pairs(model, eval_data, text_rows, image_rows, processor, max_text_length, batch_size, device, show_progress)
+
+
+def _score_pairs(
+    model, eval_data, text_rows: np.ndarray, image_rows: np.ndarray, processor, max_text_length: int | None,
+    batch_size: int, device, show_progress: bool,
+) -> dict[str, np.ndarray]:
     import torch
     from tqdm.auto import tqdm
 
-    device = _model_device(model, device)
     text_ids, text_local = np.unique(text_rows, return_inverse=True)
     image_ids, image_local = np.unique(image_rows, return_inverse=True)
     texts = _encode_texts(eval_data, text_ids, processor, max_text_length)
@@ -798,6 +809,7 @@ def evaluate_fashion_retrieval(
     subcategory_column: str = "subcategory",
     device=None,
     show_progress: bool = True,
+    precision: str = "auto",
 ) -> FashionRetrievalResult:
     """Evaluates a FashionBERT retrieval model with the paper's protocol (module docstring).
 
@@ -825,13 +837,15 @@ def evaluate_fashion_retrieval(
         product_id_column, subcategory_column: column names in `eval_data`.
         device: where to run the model (default: the model's device).
         show_progress: tqdm bars for patch features and pair scoring.
+        precision: "auto" (bf16 autocast where the device computes bf16 natively, float32 elsewhere), "bf16" or
+            "float32" (`xmodal.precision`).
 
     Only the rows that take part (one representative row per product) are encoded; every image's
     patch features are computed once and every unique pair is scored once.
     """
     protocol, scores = _score_protocol(
         model, eval_data, processor, num_queries, num_negatives, num_draws, seed, batch_size, directions, matching,
-        max_text_length, product_id_column, subcategory_column, device, show_progress,
+        max_text_length, product_id_column, subcategory_column, device, show_progress, precision,
     )  # fmt: skip
     result = protocol_result(protocol, scores["cross_encoder"], matching_threshold)
     if "first_stage" in scores:
@@ -859,6 +873,7 @@ def choose_fusion_weight(
     subcategory_column: str = "subcategory",
     device=None,
     show_progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[float, dict[float, dict[str, float]]]:
     """
     The fusion weight (`FashionBertConfig.fusion_weight`, the cross-encoder's share) that ranks best on a
@@ -866,7 +881,8 @@ def choose_fusion_weight(
     weight graded by the listwise log-likelihood of the ground truth (`listwise_log_likelihood`: margins, not only
     ranks, so a few hundred queries tell the weights apart with less noise than Rank@1 or the reciprocal rank, which
     are reported beside it); the smallest weight wins a tie (0 = the first stage alone, the cheaper ranking). Never
-    pass the test split: the weight is part of the model.
+    pass the test split: the weight is part of the model. Pairs are scored under `precision` (as
+    `evaluate_fashion_retrieval`).
 
     Returns:
         `(weight, {weight: {"log_likelihood", "mrr", "image_to_text/R@1", "text_to_image/R@1"}})`.
@@ -880,7 +896,7 @@ def choose_fusion_weight(
         raise ValueError(f"`weights` must be a non-empty list of numbers in [0, 1], got {list(weights)}.")
     protocol, scores = _score_protocol(
         model, validation_data, processor, num_queries, num_negatives, 1, seed, batch_size, DIRECTIONS, False,
-        max_text_length, product_id_column, subcategory_column, device, show_progress,
+        max_text_length, product_id_column, subcategory_column, device, show_progress, precision,
     )  # fmt: skip
     table = {}
     for weight in weights:
@@ -897,7 +913,7 @@ def choose_fusion_weight(
 
 def _score_protocol(
     model, eval_data, processor, num_queries, num_negatives, num_draws, seed, batch_size, directions, matching,
-    max_text_length, product_id_column, subcategory_column, device, show_progress,
+    max_text_length, product_id_column, subcategory_column, device, show_progress, precision,
 ) -> tuple[ProtocolDraws, dict[str, np.ndarray]]:
     """Draws the protocol on `eval_data` and scores its unique pairs (`score_protocol_pairs`), in eval mode."""
     product_ids = _column(eval_data, product_id_column)
@@ -914,7 +930,7 @@ def _score_protocol(
     try:
         scores = score_protocol_pairs(
             model, eval_data, protocol.text_rows, protocol.image_rows, processor, max_text_length, batch_size, device,
-            show_progress,
+            show_progress, precision,
         )  # fmt: skip
     finally:
         if was_training and hasattr(model, "train"):

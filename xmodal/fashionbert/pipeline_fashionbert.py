@@ -20,7 +20,9 @@ search(image_a, candidate_texts=["Red pleated skirt.", "Black wool coat."])
 A query is a text when it is a `str`; anything else (a PIL image, a NumPy array or torch tensor, a `pathlib.Path` to
 an image file) is an image query. A list of queries gives a list of rankings. Every (query, candidate) pair goes
 through the cross-encoder, `pair_batch_size` pairs per forward pass, each image's patch features computed once (and,
-with a fusion weight, each text and image embedded once by the dual-encoder heads).
+with a fusion weight, each text and image embedded once by the dual-encoder heads). `precision="auto"` (the default)
+scores under bf16 autocast where the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX-512-BF16 or
+AMX units), float32 elsewhere; `"bf16"` or `"float32"` forces one.
 
 This file imports only transformers, torch and the standard library: it runs as remote code in a folder on its own.
 """
@@ -41,6 +43,25 @@ _DEFAULT_PAIR_BATCH_SIZE = 64
 # Model classes (in the folder's modeling file) that carry the alignment head, tried in order when the pipeline is
 # given the bare encoder (a retrieval folder maps only `AutoModel`, see `_with_alignment_head`).
 _HEAD_CLASSES = ("FashionBertForImageTextRetrieval", "FashionBertForPreTraining")
+_PRECISIONS = ("auto", "bf16", "float32")
+
+
+# Copied from xmodal.precision.bf16_supported (remote code cannot import xmodal; a test checks that they agree).
+def _bf16_supported(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16, or a CPU with AVX-512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is not None for probe in probes):
+        return any(probe() for probe in probes if probe is not None)
+    try:  # an older torch without the probes: the kernel's CPU flags (Linux)
+        with open("/proc/cpuinfo") as handle:
+            flags = set(handle.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _has_alignment_head(model) -> bool:
@@ -96,12 +117,14 @@ class FashionRetrievalPipeline(Pipeline):
     """
     Ranks `candidate_images` for a text query, or `candidate_texts` for an image query, best first.
 
-    Call: `pipe(query, candidate_images=None, candidate_texts=None, top_k=None, pair_batch_size=64)`; exactly one of
+    Call: `pipe(query, candidate_images=None, candidate_texts=None, top_k=None, pair_batch_size=64, precision="auto")`;
+    exactly one of
     `candidate_images` (for a `str` query) and `candidate_texts` (for an image query) is given. Returns a list of
     `{"score": float, "index": int, "image": candidate}` (text query) or `{"score": float, "index": int, "text": str}`
     (image query), sorted by score, highest first (ties keep the candidates' order); `index` is the candidate's
     position in the list given, `score` the model's ranking score (higher = better match): the fused score when its
     config has a `fusion_weight`, else the alignment log-odds. `top_k` keeps the best `top_k` (default: all).
+    `precision`: "auto" (bf16 autocast where the device computes bf16 natively, else float32), "bf16" or "float32".
 
     The model needs the alignment head: `FashionBertForPreTraining` (the folders train.py writes, loaded through
     `AutoModelForPreTraining`) or `FashionBertForImageTextRetrieval`; the components come from the checkpoint's
@@ -124,12 +147,12 @@ class FashionRetrievalPipeline(Pipeline):
         self.model.eval()
 
     def _sanitize_parameters(
-        self, candidate_images=None, candidate_texts=None, top_k=None, pair_batch_size=None, **unexpected
+        self, candidate_images=None, candidate_texts=None, top_k=None, pair_batch_size=None, precision=None, **unexpected
     ):
         if unexpected:
             raise TypeError(
                 f"unexpected argument(s) {sorted(unexpected)}; `fashion-retrieval` takes candidate_images, "
-                "candidate_texts, top_k and pair_batch_size."
+                "candidate_texts, top_k, pair_batch_size and precision."
             )
         preprocess, forward, postprocess = {}, {}, {}
         if candidate_images is not None:
@@ -138,6 +161,10 @@ class FashionRetrievalPipeline(Pipeline):
             preprocess["candidate_texts"] = candidate_texts
         if pair_batch_size is not None:
             forward["pair_batch_size"] = _check_positive_int(pair_batch_size, "pair_batch_size")
+        if precision is not None:
+            if precision not in _PRECISIONS:
+                raise ValueError(f"`precision` must be one of {', '.join(map(repr, _PRECISIONS))}, got {precision!r}.")
+            forward["precision"] = precision
         if top_k is not None:
             postprocess["top_k"] = _check_positive_int(top_k, "top_k")
         return preprocess, forward, postprocess
@@ -184,8 +211,18 @@ class FashionRetrievalPipeline(Pipeline):
             inputs["token_type_ids"] = encoded_text["token_type_ids"]
         return inputs
 
-    def _forward(self, inputs: dict[str, Any], pair_batch_size: int = _DEFAULT_PAIR_BATCH_SIZE) -> dict[str, Any]:
+    def _forward(
+        self, inputs: dict[str, Any], pair_batch_size: int = _DEFAULT_PAIR_BATCH_SIZE, precision: str = "auto"
+    ) -> dict[str, Any]:
         # The base class runs this under no_grad, with the tensors on the pipeline's device.
+        device = self.model.device
+        bf16 = precision == "bf16" or (precision == "auto" and _bf16_supported(device))
+        device_type = device.type if device.type in ("cpu", "cuda") else "cpu"
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16 and device.type in ("cpu", "cuda")):
+            scores = self._scores(inputs, pair_batch_size)
+        return {"scores": scores, "direction": inputs["direction"], "candidates": inputs["candidates"]}
+
+    def _scores(self, inputs: dict[str, Any], pair_batch_size: int) -> torch.Tensor:
         features = self.model.base_model.get_patch_features(inputs["pixel_values"])
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         token_type_ids = inputs.get("token_type_ids")
@@ -213,9 +250,9 @@ class FashionRetrievalPipeline(Pipeline):
         if encoder.config.fusion_weight is not None:  # the product's score: fused with the first stage's similarity
             text_vectors = encoder.get_text_embeddings(input_ids, attention_mask, token_type_ids)
             image_vectors = encoder.get_image_embeddings(patch_features=features, patch_mask=inputs["patch_mask"])
-            similarity = (text_vectors[text_index] * image_vectors[image_index]).sum(-1)
-            scores = encoder.fuse_scores(scores, similarity)
-        return {"scores": scores, "direction": inputs["direction"], "candidates": inputs["candidates"]}
+            similarity = (text_vectors[text_index].float() * image_vectors[image_index].float()).sum(-1)
+            scores = encoder.fuse_scores(scores, similarity).float()
+        return scores
 
     def postprocess(self, outputs: dict[str, Any], top_k: int | None = None) -> list[dict[str, Any]]:
         scores = outputs["scores"].cpu()

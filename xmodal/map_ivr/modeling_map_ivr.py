@@ -646,13 +646,16 @@ class MapIvrModel(MapIvrPreTrainedModel):
                     gallery = video_features.slice(start, stop).to(device=self.device, dtype=self.dtype)
                 else:
                     gallery = self._encode_video_rows(video_features, proposal_scores, proposal_mask, start, stop)
-                s_a = 1.0 - appearance_unit @ gallery.appearance.T  # (S_A)
-                s_v = torch.empty(num_queries, stop - start, dtype=s_a.dtype, device=s_a.device)
-                for q in range(0, num_queries, block):
-                    q_stop = min(q + block, num_queries)
-                    cosine = flat[q * num_samples : q_stop * num_samples] @ gallery.video_features.T
-                    # (S_V) min_i (1 - cos) = 1 - max_i cos over the h hallucinated videos
-                    s_v[q:q_stop] = 1.0 - cosine.view(q_stop - q, num_samples, -1).amax(dim=1)
+                # The encoders may run under bf16 autocast; the distances are float32 products of the unit vectors,
+                # since 1 - cos near 0 needs more than bf16's 8 bits to rank close videos apart.
+                with torch.autocast(self.device.type, enabled=False):
+                    s_a = 1.0 - appearance_unit.float() @ gallery.appearance.float().T  # (S_A)
+                    s_v = torch.empty(num_queries, stop - start, dtype=s_a.dtype, device=s_a.device)
+                    for q in range(0, num_queries, block):
+                        q_stop = min(q + block, num_queries)
+                        cosine = flat[q * num_samples : q_stop * num_samples].float() @ gallery.video_features.float().T
+                        # (S_V) min_i (1 - cos) = 1 - max_i cos over the h hallucinated videos
+                        s_v[q:q_stop] = 1.0 - cosine.view(q_stop - q, num_samples, -1).amax(dim=1)
                 yield start, stop, s_a.float().cpu(), s_v.float().cpu()
 
     def _lambda_v(self, lambda_v: float | None) -> float:

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
+from xmodal.precision import resolve_precision, scoring_autocast
 from xmodal.files import file_fingerprint, local_or_repo_id, looks_local
 from xmodal.indexing import EmbeddingIndex
 
@@ -118,12 +119,14 @@ def _quiet_transformers() -> Iterator[None]:
 
 class _CachedRetriever:
     """
-    What both retrievers share: the model in eval mode on its device, and a least-recently-used cache of encoded
-    inputs keyed by their content (`_content_key`), at most `cache_size` entries.
+    What both retrievers share: the model in eval mode on its device, the precision it scores in, and a
+    least-recently-used cache of encoded inputs keyed by their content (`_content_key`), at most `cache_size` entries.
     """
 
-    def __init__(self, model: torch.nn.Module, cache_size: int):
+    def __init__(self, model: torch.nn.Module, cache_size: int, precision: str = "auto"):
         self.model = model.eval()
+        # "bf16" or "float32", fixed at construction (`xmodal.precision.resolve_precision` on the model's device).
+        self.precision = resolve_precision(precision, model.device)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._fingerprint: str | None = None
@@ -154,6 +157,10 @@ class _CachedRetriever:
     def _checkpoint(path: str | os.PathLike, model_type: str, **kwargs) -> tuple[Any, str]:
         """`(config, source)`: the checked config of a `model_type` folder or repo id, and what to load it from."""
         return load_checkpoint_config(path, model_type, **kwargs), local_or_repo_id(path)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The model's forward passes run inside this: bf16 autocast when `precision` is "bf16", else float32."""
+        return scoring_autocast(self.precision, self.model.device)
 
     def clear_cache(self) -> None:
         """Forget every cached encoding."""

@@ -36,6 +36,12 @@ from .common import (
 )
 
 
+# The first stage's candidates `search_images` / `search_texts` re-rank by default (app.py's --rerank_top_n): the
+# smallest depth whose re-ranked top 10 keeps >= 95 % of the exhaustive top 10 (every catalogue image re-ranked), measured
+# on the quickstart's model over app.py's 10,000-product catalogue (bench/results/rerank_depth.json).
+FIRST_STAGE_K = 100
+
+
 @dataclass
 class RetrievalResult:
     """
@@ -81,6 +87,10 @@ class FashionRetriever(_CachedRetriever):
             encoder pass).
         cache_size (`int`, *optional*, defaults to 100_000): images whose features are kept (least recently used
             dropped first).
+        precision (`str`, *optional*, defaults to `"auto"`): `"auto"` runs the model (patch features, embeddings,
+            cross-encoder) under bf16 autocast where its device computes bf16 natively (a CUDA GPU with bf16, a CPU with
+            AVX-512-BF16 or AMX units) and in float32 elsewhere; `"bf16"` or `"float32"` forces one (`xmodal.precision`).
+            Cached features, embeddings, similarities and scores are float32 either way.
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class FashionRetriever(_CachedRetriever):
         rerank_top_n: int | None = 100,
         batch_size: int = 64,
         cache_size: int = 100_000,
+        precision: str = "auto",
     ):
         if rerank_top_n is not None and (isinstance(rerank_top_n, bool) or rerank_top_n < 1):
             raise ValueError(f"`rerank_top_n` must be a positive int or None, got {rerank_top_n!r}.")
@@ -97,7 +108,7 @@ class FashionRetriever(_CachedRetriever):
             raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
         # Cached per image: (patch features (P, D) float32 CPU, first-stage vector float32 CPU: the image embedding
         # (contrastive_projection_dim,) with dual-encoder heads, else the heuristic's (hidden_size,)).
-        super().__init__(model, cache_size)
+        super().__init__(model, cache_size, precision)
         self.processor = processor
         self.rerank_top_n = rerank_top_n
         self.batch_size = batch_size
@@ -128,6 +139,7 @@ class FashionRetriever(_CachedRetriever):
         batch_size: int = 64,
         device: str | torch.device | None = None,
         cache_size: int = 100_000,
+        precision: str = "auto",
         **kwargs,
     ) -> FashionRetriever:
         """
@@ -138,7 +150,7 @@ class FashionRetriever(_CachedRetriever):
 
         Args:
             path: folder or repo id.
-            rerank_top_n, batch_size, cache_size: as in the class.
+            rerank_top_n, batch_size, cache_size, precision: as in the class.
             device: where the model runs (default: CUDA when available, else CPU).
             **kwargs: passed to every `from_pretrained` (`revision`, `local_files_only`, `token`...).
 
@@ -155,7 +167,7 @@ class FashionRetriever(_CachedRetriever):
         with _quiet_transformers():  # a pretraining checkpoint's MLM/MPM heads are expected leftovers here
             model = FashionBertForImageTextRetrieval.from_pretrained(source, config=config, **kwargs)
         return cls(model.to(_pick_device(device)), processor, rerank_top_n=rerank_top_n, batch_size=batch_size,
-                   cache_size=cache_size)  # fmt: skip
+                   cache_size=cache_size, precision=precision)  # fmt: skip
 
     # ---- features ----
 
@@ -170,20 +182,24 @@ class FashionRetriever(_CachedRetriever):
                 raise ValueError(f"image {index} ({str(image)!r}) could not be read: {error}") from error
         return image
 
+    def _patch_batch(self, images: list[Any]) -> torch.Tensor:
+        """Patch features of one batch of opened images, on the model's device (call under no_grad and `_autocast`)."""
+        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return self.model.bert.get_patch_features(pixel_values.to(self.model.device, self.model.dtype))
+
     @torch.no_grad()
     def _encode_uncached(self, images: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Patch features and first-stage vectors of `images`, in batches of `batch_size`."""
         bert = self.model.bert
         out = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            pixel_values = self.processor.image_processor(chunk, return_tensors="pt")["pixel_values"]
-            features = bert.get_patch_features(pixel_values.to(self.model.device, self.model.dtype))
-            if self.has_dual_encoder:  # the trained image embedding
-                vectors = F.normalize(bert.get_image_embeddings(patch_features=features).float(), dim=-1)
-            else:  # the heuristic: mean projected patch feature
-                projected = bert.patch_embeddings.projection(features.to(bert.patch_embeddings.projection.weight.dtype))
-                vectors = F.normalize(projected.mean(dim=1).float(), dim=-1)
+            with self._autocast():
+                features = self._patch_batch(images[start : start + self.batch_size])
+                if self.has_dual_encoder:  # the trained image embedding
+                    vectors = F.normalize(bert.get_image_embeddings(patch_features=features).float(), dim=-1)
+                else:  # the heuristic: mean projected patch feature
+                    projected = bert.patch_embeddings.projection(features.to(bert.patch_embeddings.projection.weight.dtype))
+                    vectors = F.normalize(projected.mean(dim=1).float(), dim=-1)
             out.extend(zip(features.float().cpu(), vectors.cpu()))
         return out
 
@@ -200,6 +216,13 @@ class FashionRetriever(_CachedRetriever):
             (E = `contrastive_projection_dim`) when the model has the heads, else the heuristic's mean projected
             patch feature (E = `hidden_size`; see the `xmodal.retrieval` docstring).
         """
+        entries = self._cached(
+            self._keys(images), lambda positions: self._encode_uncached([self._open(images[p], p) for p in positions])
+        )
+        return torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries])
+
+    def _keys(self, images: Sequence[ImageInput], prefix: str = "") -> list[str]:
+        """The cache keys of `images` (`_content_key`), with errors that name the image."""
         if isinstance(images, (str, os.PathLike, PIL.Image.Image)) or len(images) == 0:
             raise ValueError("`images` must be a non-empty list of images (PIL images, arrays or file paths).")
         keys = []
@@ -207,13 +230,27 @@ class FashionRetriever(_CachedRetriever):
             if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
                 raise FileNotFoundError(f"image {index} ({str(image)!r}) is not a file.")
             try:
-                keys.append(_content_key(image))
+                keys.append(prefix + _content_key(image))
             except (OSError, TypeError, ValueError) as error:
                 raise ValueError(f"image {index} ({type(image).__name__}) cannot be used: {error}") from error
-        entries = self._cached(
-            keys, lambda positions: self._encode_uncached([self._open(images[p], p) for p in positions])
-        )
-        return torch.stack([e[0] for e in entries]), torch.stack([e[1] for e in entries])
+        return keys
+
+    @torch.no_grad()
+    def _candidate_features(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """
+        Patch features alone, `(N, num_patches, patch_feature_dim)` float32 CPU (cached under their own keys): what
+        re-ranking indexed candidates needs, whose embeddings the index already holds.
+        """
+
+        def encode(positions: list[int]) -> list[torch.Tensor]:
+            opened = [self._open(images[p], p) for p in positions]
+            out = []
+            for start in range(0, len(opened), self.batch_size):
+                with self._autocast():
+                    out.extend(self._patch_batch(opened[start : start + self.batch_size]).float().cpu())
+            return out
+
+        return torch.stack(self._cached(self._keys(images, prefix="patches:"), encode))
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.processor(text=texts, return_tensors="pt")
@@ -228,9 +265,10 @@ class FashionRetriever(_CachedRetriever):
         if self.has_dual_encoder:
             device = self.model.device
             types = encoded.get("token_type_ids")
-            embeddings = self.model.bert.get_text_embeddings(
-                ids.to(device), encoded["attention_mask"].to(device), None if types is None else types.to(device)
-            )
+            with self._autocast():
+                embeddings = self.model.bert.get_text_embeddings(
+                    ids.to(device), encoded["attention_mask"].to(device), None if types is None else types.to(device)
+                )
             return F.normalize(embeddings.float().cpu(), dim=-1)
         tokenizer = self.processor.tokenizer
         special = torch.tensor(tokenizer.all_special_ids, dtype=ids.dtype)
@@ -248,15 +286,16 @@ class FashionRetriever(_CachedRetriever):
         `(scores, log_odds)` of the pairs: the cross-encoder's log-odds, and the score they are ranked by (fused with
         the first stage's `similarity` when the model has a fusion weight, else the log-odds themselves).
         """
-        log_odds = self.model.score_pairs(
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            features,
-            torch.as_tensor(text_indices, dtype=torch.long),
-            torch.as_tensor(image_indices, dtype=torch.long),
-            token_type_ids=encoded.get("token_type_ids"),
-            batch_size=self.batch_size,
-        )
+        with self._autocast():
+            log_odds = self.model.score_pairs(
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                features,
+                torch.as_tensor(text_indices, dtype=torch.long),
+                torch.as_tensor(image_indices, dtype=torch.long),
+                token_type_ids=encoded.get("token_type_ids"),
+                batch_size=self.batch_size,
+            ).float()
         if similarity is None or self.model.config.fusion_weight is None:
             return log_odds, log_odds
         return self.model.bert.fuse_scores(log_odds, similarity.float()).cpu(), log_odds
@@ -486,7 +525,7 @@ class FashionRetriever(_CachedRetriever):
             )
         return index
 
-    def search_images(self, text: str, top_k: int = 10, first_stage_k: int = 100) -> RetrievalResult:
+    def search_images(self, text: str, top_k: int = 10, first_stage_k: int = FIRST_STAGE_K) -> RetrievalResult:
         """
         The `top_k` indexed images that best match `text`: the index's `first_stage_k` nearest to the text embedding,
         re-ranked by the cross-encoder. Equal to `rank_images(text, gallery, top_k)` with `rerank_top_n=None` when
@@ -511,14 +550,15 @@ class FashionRetriever(_CachedRetriever):
         encoded = self._tokenize([text])
         text_vector = self._text_vectors(encoded)[0]
         candidates = _first_stage(self._image_index, text_vector, max(first_stage_k, top_k))
-        features, vectors = self.encode_images([self._indexed_images[p] for p in candidates.tolist()])
-        similarity = vectors @ text_vector
+        # The candidates' embeddings come from the index: only their patch features are computed (or cached).
+        features = self._candidate_features([self._indexed_images[p] for p in candidates.tolist()])
+        similarity = self._image_index.get_vectors(candidates.numpy()) @ text_vector
         scores, log_odds = self._rerank_scores(
             encoded, features, torch.zeros_like(candidates), torch.arange(candidates.numel()), similarity
         )
         return self._finish(torch.from_numpy(self._image_index.ids)[candidates], scores, log_odds, similarity, top_k)
 
-    def search_texts(self, image: ImageInput, top_k: int = 10, first_stage_k: int = 100) -> RetrievalResult:
+    def search_texts(self, image: ImageInput, top_k: int = 10, first_stage_k: int = FIRST_STAGE_K) -> RetrievalResult:
         """
         The `top_k` indexed captions (`build_text_index`) that best describe `image`: the index's `first_stage_k`
         nearest to the image embedding, re-ranked by the cross-encoder (as `search_images`, the other way round).
@@ -534,7 +574,7 @@ class FashionRetriever(_CachedRetriever):
         features, vectors = self.encode_images([image])
         candidates = _first_stage(self._text_index, vectors[0], max(first_stage_k, top_k))
         encoded = self._tokenize([self._indexed_texts[p] for p in candidates.tolist()])
-        similarity = self._text_vectors(encoded) @ vectors[0]
+        similarity = self._text_index.get_vectors(candidates.numpy()) @ vectors[0]  # the captions' embeddings, indexed
         scores, log_odds = self._rerank_scores(
             encoded, features, torch.arange(candidates.numel()), torch.zeros_like(candidates), similarity
         )

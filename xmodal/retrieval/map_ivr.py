@@ -76,6 +76,9 @@ class ActivityRetriever(_CachedRetriever):
         seed (`int`, *optional*, defaults to 0): seed of the motion codes z_i ~ N(0, I) drawn for S_V, so the same
             query gives the same scores on every call.
         cache_size (`int`, *optional*, defaults to 8): encoded galleries kept.
+        precision (`str`, *optional*, defaults to `"auto"`): the encoders run under bf16 autocast where the device
+            computes bf16 natively, in float32 elsewhere; `"bf16"` or `"float32"` forces one. The distances S_A / S_V /
+            S_all are float32 products of the unit codes either way (`xmodal.precision`).
     """
 
     def __init__(
@@ -84,8 +87,9 @@ class ActivityRetriever(_CachedRetriever):
         feature_extractor: MapIvrFeatureExtractor | None = None,
         seed: int = 0,
         cache_size: int = 8,
+        precision: str = "auto",
     ):
-        super().__init__(model, cache_size)
+        super().__init__(model, cache_size, precision)
         self.feature_extractor = feature_extractor
         self.seed = seed
         # Built by build_index (or loaded): the a^v index and the unit v_bar of each indexed video, same order/dtype.
@@ -94,7 +98,8 @@ class ActivityRetriever(_CachedRetriever):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, seed: int = 0, device: str | torch.device | None = None, **kwargs
+        cls, path: str | os.PathLike, seed: int = 0, device: str | torch.device | None = None, precision: str = "auto",
+        **kwargs,
     ) -> ActivityRetriever:
         """
         Load a MAP-IVR folder (e.g. `outputs/map_ivr/final`) or Hub repo id through `AutoModel` and
@@ -112,7 +117,7 @@ class ActivityRetriever(_CachedRetriever):
                 feature_extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
             except OSError:
                 feature_extractor = None  # a Hub repo without one
-        return cls(model.to(_pick_device(device)), feature_extractor, seed=seed)
+        return cls(model.to(_pick_device(device)), feature_extractor, seed=seed, precision=precision)
 
     def _normalized(self, image_features=None, video_features=None, proposal_scores=None, proposal_mask=None):
         if self.feature_extractor is None:
@@ -153,11 +158,11 @@ class ActivityRetriever(_CachedRetriever):
             inputs = self._normalized(
                 video_features=video_features, proposal_scores=proposal_scores, proposal_mask=proposal_mask
             )
-            return [
-                self.model.encode_videos(
+            with self._autocast():
+                encoded = self.model.encode_videos(
                     inputs["video_features"], inputs.get("proposal_scores"), inputs.get("proposal_mask")
                 )
-            ]
+            return [encoded]
 
         return self._cached([key], encode)[0]
 
@@ -213,7 +218,8 @@ class ActivityRetriever(_CachedRetriever):
     def _score(self, query: Any, gallery: MapIvrEncodedVideos, lambda_v: float, num_samples: int):
         """`MapIvrModel.score`, motion codes drawn from a generator seeded with `seed` (the same for any gallery)."""
         generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
-        return self.model.score(query, gallery, num_samples=num_samples, lambda_v=lambda_v, generator=generator)
+        with self._autocast():
+            return self.model.score(query, gallery, num_samples=num_samples, lambda_v=lambda_v, generator=generator)
 
     @staticmethod
     def _result(scores, best: torch.Tensor, indices: torch.Tensor, lambda_v: float, num_samples: int):
@@ -341,7 +347,8 @@ class ActivityRetriever(_CachedRetriever):
         if self._video_index is None:
             raise ValueError("no video index: call build_index(video_features) or load_index(folder) first.")
         query, lambda_v, num_samples = self._query(image_features, lambda_v, num_samples)
-        image_appearance = F.normalize(self.model.encode_images(query).float().cpu(), dim=-1)  # a^u / ||a^u||
+        with self._autocast():
+            image_appearance = F.normalize(self.model.encode_images(query).float().cpu(), dim=-1)  # a^u / ||a^u||
         candidates = _first_stage(self._video_index, image_appearance[0], max(first_stage_k, top_k))
         gallery = MapIvrEncodedVideos(
             appearance=self._video_index.get_vectors(candidates.numpy()),

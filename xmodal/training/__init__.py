@@ -31,7 +31,7 @@ from .common import (
 )
 from .fashionbert import FASHIONBERT_RECIPES, FashionBertRecipe, alignment_warmup_loss
 from .optimization import ADAM_BETAS, WEIGHT_DECAY, optimizer_parameter_groups
-from .precision import bf16_supported, default_mixed_precision, training_attention, training_device_type
+from .precision import bf16_supported, default_mixed_precision, scoring_precision, training_attention, training_device_type
 from .streaming import StreamLoader
 
 MODEL_TRAINING = {"fashionbert": fashionbert, "map_ivr": map_ivr}
@@ -64,6 +64,7 @@ __all__ = [
     "refuse_flags",
     "resolve_checkpoint",
     "save_checkpoint",
+    "scoring_precision",
     "training_attention",
     "training_device_type",
     "validation_split",

@@ -34,7 +34,7 @@ from ..fashionbert import (
     FashionBertProcessor,
 )
 from ..fashionbert.modeling_fashionbert import TASKS
-from .precision import training_attention, training_device_type
+from .precision import scoring_precision, training_attention, training_device_type
 from .common import (
     TRAINING_FUNCTIONS,
     TrainingRun,
@@ -611,6 +611,7 @@ def evaluate(
                 retrieval, validation_rows, processor, num_queries=args.num_eval_queries,
                 num_negatives=min(args.num_eval_negatives, num_products - 1), seed=args.seed,
                 batch_size=args.per_device_eval_batch_size, max_text_length=args.max_text_length,
+                precision=scoring_precision(args.mixed_precision),
             )  # fmt: skip
             model.config.fusion_weight = retrieval.config.fusion_weight = weight
             results.update({"fused/weight": weight, "validation/num_products": num_products})
@@ -624,6 +625,7 @@ def evaluate(
         num_draws=args.num_eval_draws,
         seed=args.seed,
         batch_size=args.per_device_eval_batch_size,
+        precision=scoring_precision(args.mixed_precision),
     )
     return {**result.metrics, **results, **{f"{d}/num_queries": n for d, n in result.num_queries.items()}}
 

@@ -17,6 +17,7 @@ from ..data.activity_synthetic import make_activity_dataset
 from ..data.collators import MapIvrCollator
 from ..evaluation.activity_retrieval import evaluate_activity_retrieval
 from ..map_ivr import MapIvrConfig, MapIvrFeatureExtractor, MapIvrModel
+from .precision import scoring_precision
 from .common import TRAINING_FUNCTIONS, TrainingRun, card_fields, card_metrics, dataset_arguments, training_curve_figures
 
 __all__ = [*TRAINING_FUNCTIONS, "new_model"]
@@ -145,7 +146,8 @@ def evaluate(
     post-training choice, so `validation_rows` is unused).
     """
     return evaluate_activity_retrieval(
-        model, eval_dataset, seed=args.seed, feature_extractor=processor, batch_size=args.per_device_eval_batch_size
+        model, eval_dataset, seed=args.seed, feature_extractor=processor, batch_size=args.per_device_eval_batch_size,
+        precision=scoring_precision(args.mixed_precision),
     )
 
 

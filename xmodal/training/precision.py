@@ -1,40 +1,27 @@
 """The training precision train.py picks when `--mixed_precision` is left at `auto`: bf16 where the hardware computes
-it natively, float32 elsewhere."""
+it natively (`xmodal.precision.bf16_supported`), float32 elsewhere; and the precision its evaluation scores in."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["bf16_supported", "default_mixed_precision", "training_attention", "training_device_type"]
+from ..precision import bf16_supported
 
-
-def _cpu_has_bf16_units() -> bool:
-    """Whether this CPU has bf16 instructions (AVX-512-BF16) or matrix units (AMX), which oneDNN uses under autocast."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(probe is not None for probe in probes):
-        return any(probe() for probe in probes if probe is not None)
-    try:  # an older torch without the probes: the kernel's CPU flags (Linux)
-        with open("/proc/cpuinfo") as handle:
-            flags = set(handle.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def bf16_supported(device: torch.device | str) -> bool:
-    """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 (Ampere and later), or a CPU with
-    AVX-512-BF16 or AMX units (where float32 is the slow path: measured 1.4x per training step, 2.8x for scoring)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return _cpu_has_bf16_units()
-    return False
+__all__ = ["bf16_supported", "default_mixed_precision", "scoring_precision", "training_attention", "training_device_type"]
 
 
 def default_mixed_precision(device: torch.device | str) -> str:
     """accelerate's `mixed_precision` for `--mixed_precision auto`: "bf16" where `bf16_supported(device)`, else "no"."""
     return "bf16" if bf16_supported(device) else "no"
+
+
+def scoring_precision(mixed_precision: str | None) -> str:
+    """
+    The `precision` train.py's evaluation scores in (`xmodal.precision`), from the training's accelerate
+    `mixed_precision`: bf16 after bf16 training, float32 after float32 training ("no"), and "auto" after fp16 training
+    (bf16 where the device has it: the scoring paths are measured in bf16 and float32 only).
+    """
+    return {"bf16": "bf16", "no": "float32", None: "float32"}.get(mixed_precision, "auto")
 
 
 def training_device_type() -> str:
