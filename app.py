@@ -20,8 +20,10 @@ bad checkpoint path or image is reported as a message, not a traceback.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
 
+from xmodal.retrieval.fashionbert import FIRST_STAGE_K  # noqa: E402
 from xmodal.training import DEFAULT_SEED  # noqa: E402
 from xmodal.training import fashionbert as fashionbert_training  # noqa: E402
 from xmodal.training import map_ivr as map_ivr_training  # noqa: E402
@@ -44,12 +47,14 @@ TRAIN_DEFAULTS = {
 CATALOGUE_PRODUCTS = 10_000
 CATALOGUE_SEED = 7  # not train.py's seed: products the model never saw
 CATALOGUE_FILE = "catalogue.json"
+MAX_UPLOAD_MB = 10.0
+RERANK_TOP_N = FIRST_STAGE_K  # chosen from the measured keep-rate of the exhaustive top 10 (see FIRST_STAGE_K)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fashionbert_model", default="outputs/fashionbert/final", help="FashionBERT folder or Hub repo id (what `python train.py` writes). Can be changed in the page.")
-    parser.add_argument("--map_ivr_model", default="outputs/map_ivr/final", help="MAP-IVR folder or Hub repo id (what `python train.py --model_type map_ivr` writes). Can be changed in the page.")
+    parser.add_argument("--fashionbert_model", default="outputs/fashionbert/final", help="FashionBERT folder or Hub repo id (what `python train.py` writes). Can be changed in the page when served on loopback (or with --allow_checkpoint_change).")
+    parser.add_argument("--map_ivr_model", default="outputs/map_ivr/final", help="MAP-IVR folder or Hub repo id (what `python train.py --model_type map_ivr` writes). Can be changed in the page when served on loopback (or with --allow_checkpoint_change).")
     parser.add_argument("--num_products", type=int, default=CATALOGUE_PRODUCTS, help="Products in the synthetic fashion catalogue.")
     parser.add_argument("--views_per_product", type=int, default=1, help="Images per catalogue product (the results show each product once).")
     parser.add_argument("--image_size", type=int, default=TRAIN_DEFAULTS["image_size"], help="Side of the catalogue images (train.py's quick recipe).")
@@ -57,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalogue_dir", default="outputs/fashionbert/catalogue", help="Where the catalogue is rendered and each checkpoint's indexes are saved (reused by later start-ups).")
     parser.add_argument("--videos_per_class", type=int, default=TRAIN_DEFAULTS["synthetic_videos_per_class"], help="Synthetic activity videos per class (the gallery is the test split).")
     parser.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"], help="Seed of the synthetic activity test bed (train.py's default, so the gallery is its test split).")
-    parser.add_argument("--rerank_top_n", type=int, default=100, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query (about 45 ms each on one CPU thread).")
+    parser.add_argument("--rerank_top_n", type=int, default=RERANK_TOP_N, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query.")
     parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and rendering and indexing their catalogue).")
     parser.add_argument("--no_activity", action="store_true", help="Skip the MAP-IVR tab (and building its gallery).")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on.")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on. Beyond loopback the page's checkpoints are fixed to the two above (see --allow_checkpoint_change).")
+    parser.add_argument("--allow_checkpoint_change", action="store_true", help="Let visitors load another checkpoint folder or Hub repo id through the page and its API also when served beyond loopback (they can then make the server read its disk or download models).")
+    parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="Largest image upload accepted, in MB (decoded under Pillow's decompression-bomb limit).")
     parser.add_argument("--port", type=int, default=7860, help="Port to serve on.")
     return parser
 
@@ -141,23 +148,33 @@ class FashionCatalogue:
     def open_indexes(self, retriever: Any) -> None:
         """
         Give `retriever` (a `FashionRetriever` with dual-encoder heads) its image and caption indexes over this
-        catalogue: loaded from `index_folder`, or built (with progress bars) and saved there the first time.
+        catalogue: each loaded from `index_folder`, or built (with a progress bar) and saved there the first time.
         """
+        self.open_image_index(retriever)
+        self.open_caption_index(retriever)
+
+    def open_image_index(self, retriever: Any) -> None:
+        """The image index of `open_indexes` alone (what text -> images search needs)."""
+        self._open(retriever, "images", f"{len(self.paths):,} catalogue images", retriever.load_index,
+                   lambda: retriever.build_index(self.paths, show_progress=True), retriever.save_index)  # fmt: skip
+
+    def open_caption_index(self, retriever: Any) -> None:
+        """The caption index of `open_indexes` alone (what image -> captions search needs)."""
+        self._open(retriever, "captions", f"{len(self.unique_captions):,} captions", retriever.load_text_index,
+                   lambda: retriever.build_text_index(self.unique_captions, show_progress=True), retriever.save_text_index)  # fmt: skip
+
+    def _open(self, retriever: Any, name: str, what: str, load, build, save) -> None:
         from xmodal.files import atomic_directory
 
-        folder = self.index_folder(retriever)
-        if (folder / "images").is_dir() and (folder / "captions").is_dir():
-            retriever.load_index(folder / "images")
-            retriever.load_text_index(folder / "captions")
+        folder = self.index_folder(retriever) / name
+        if folder.is_dir():
+            load(folder)
             return
-        if retriever.has_dual_encoder:  # else build_index raises at once, saying how to train the heads
-            print(f"Indexing {len(self.paths):,} catalogue images and {len(self.unique_captions):,} captions (once; "
-                  f"saved in {folder})...", flush=True)  # fmt: skip
-        retriever.build_index(self.paths, show_progress=True)
-        retriever.build_text_index(self.unique_captions, show_progress=True)
+        if retriever.has_dual_encoder:  # else build raises at once, saying how to train the heads
+            print(f"Indexing {what} (once; saved in {folder})...", flush=True)
+        build()
         with atomic_directory(folder) as temporary:
-            retriever.save_index(temporary / "images")
-            retriever.save_text_index(temporary / "captions")
+            save(temporary)
 
 
 def best_view_per_product(
@@ -227,34 +244,121 @@ class ActivityGallery:
         return str(path)
 
 
+class Deferred:
+    """A value made once by the start-up thread after the page is up (`set`); `get` waits for it, or re-raises its error."""
+
+    def __init__(self, size: int):
+        self.size = size  # known before the value is (the page's sliders)
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: Exception | None = None
+
+    def set(self, value: Any = None, error: Exception | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._done.is_set()
+
+    def get(self) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass
+class StartupStatus:
+    """What the start-up thread is doing, shown at the top of the page until it is done."""
+
+    stage: str = "starting"
+    done: bool = False
+
+    def markdown(self) -> str:
+        return "" if self.done else f"**Starting up:** {self.stage}. A search sent now waits for it."
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is this machine's loopback interface only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # any other name may resolve beyond this machine
+        return False
+
+
 class ModelCache:
     """
     Retrievers by (kind, path), loaded on first use (a FashionBERT one with its catalogue indexes, see
     `FashionCatalogue.open_indexes`); a failed load raises a message for the page.
+
+    With `fixed_paths` (`{kind: path}`: a page served beyond loopback), only those checkpoints load: any other path,
+    typed in the page or sent to its API, is refused before anything is read or downloaded.
     """
 
-    def __init__(self, rerank_top_n: int, catalogue: FashionCatalogue | None = None):
+    def __init__(self, rerank_top_n: int, catalogue: FashionCatalogue | None = None, fixed_paths: dict[str, str] | None = None):
         self.rerank_top_n = rerank_top_n
         self.catalogue = catalogue
+        self.fixed_paths = None if fixed_paths is None else {kind: path.strip() for kind, path in fixed_paths.items()}
         self._loaded: dict[tuple[str, str], Any] = {}
+        self._loading = threading.Lock()  # one load at a time: a query during start-up waits for the indexes
 
     def get(self, kind: str, path: str):
-        from xmodal.retrieval import ActivityRetriever, FashionRetriever
-
         path = (path or "").strip()
+        if self.fixed_paths is not None and path != self.fixed_paths.get(kind):
+            raise PermissionError(
+                f"this server only serves its {kind} checkpoint {self.fixed_paths.get(kind)!r}: it runs beyond loopback, "
+                "where loading another needs the operator's --allow_checkpoint_change."
+            )
         if not path:
             raise ValueError("enter a checkpoint folder or Hub repo id.")
         key = (kind, path)
+        if key in self._loaded:
+            return self._loaded[key]
+        with self._loading:
+            return self._load(kind, path, key)
+
+    def settled(self) -> None:
+        """Waits until no checkpoint is loading (e.g. the caption index of the start-up thread is built)."""
+        with self._loading:
+            pass
+
+    def _load(self, kind: str, path: str, key: tuple[str, str]):
+        from xmodal.retrieval import ActivityRetriever, FashionRetriever
+
         if key not in self._loaded:
             if kind == "fashionbert":
                 # A small feature cache: the index holds the catalogue; only re-ranked candidates need patch features.
                 retriever = FashionRetriever.from_pretrained(path, rerank_top_n=self.rerank_top_n, cache_size=4 * self.rerank_top_n)
                 if self.catalogue is not None:
-                    self.catalogue.open_indexes(retriever)
+                    self.catalogue.open_image_index(retriever)
+                    self._loaded[key] = retriever  # text -> images answers from here on, while the captions index
+                    self.catalogue.open_caption_index(retriever)
                 self._loaded[key] = retriever
             else:
                 self._loaded[key] = ActivityRetriever.from_pretrained(path)
         return self._loaded[key]
+
+
+def open_upload(path: str | os.PathLike, max_bytes: int) -> Any:
+    """
+    The uploaded image file at `path` as an RGB PIL image, after the checks the data paths apply (size first, then a
+    full decode under Pillow's decompression-bomb limit); a `ValueError` saying what is wrong otherwise.
+    """
+    import PIL.Image
+
+    from xmodal.data.fashion_sources import image_file_problem
+
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise ValueError(f"the upload is {size / 2**20:.1f} MB, over this server's limit of {max_bytes / 2**20:g} MB.")
+    problem = image_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"the upload is not a usable image: {problem.removeprefix(f'image file {os.fspath(path)!r}: ')}.")
+    with PIL.Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _message(error: Exception) -> str:
@@ -271,21 +375,27 @@ def _message(error: Exception) -> str:
 
 def build_demo(
     fashion: FashionCatalogue | None,
-    activity: ActivityGallery | None,
+    activity: ActivityGallery | Deferred | None,
     fashionbert_model: str,
     map_ivr_model: str,
-    rerank_top_n: int = 100,
+    rerank_top_n: int = RERANK_TOP_N,
     models: ModelCache | None = None,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    status: StartupStatus | None = None,
 ):
     """
-    The Gradio `Blocks` app over the given catalogue and video gallery (either may be None: its tabs then say so).
-    `models` (default: a new `ModelCache` over `fashion`) lets the caller load the default checkpoints beforehand.
+    The Gradio `Blocks` app over the given catalogue and video gallery (either may be None: its tabs then say so; the
+    gallery may be `Deferred`, made after the page is up). `models` (default: a new `ModelCache` over `fashion`) lets
+    the caller load the default checkpoints beforehand; when its `fixed_paths` are set the checkpoint fields are
+    read-only (and the handlers refuse other paths). Uploads over `max_upload_mb` are refused with a message. While
+    `status` is not done, the page shows what start-up is doing.
     """
     import gradio as gr
     import numpy as np
     import PIL.Image
 
     models = models if models is not None else ModelCache(rerank_top_n, fashion)
+    changeable = models.fixed_paths is None
 
     def retriever(kind: str, path: str):
         try:
@@ -309,8 +419,9 @@ def build_demo(
         views = min(len(fashion.paths), int(top_k) * fashion.max_views)
         result = model.search_images(query, top_k=views, first_stage_k=max(rerank_top_n, views))
         hits = best_view_per_product(result.indices.tolist(), result.scores.tolist(), fashion.product_ids, int(top_k))
+        # The catalogue's PNG files as they are: no decoding and re-encoding per query.
         items = [
-            (catalogue_image(i), f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
+            (fashion.paths[i], f"{rank}. score {s:.2f} | {fashion.product_ids[i]}: {fashion.captions[i]}")
             for rank, (i, s) in enumerate(hits, start=1)
         ]
         index, weight = model.index, model.model.config.fusion_weight
@@ -327,17 +438,19 @@ def build_demo(
         if fashion is None:
             raise gr.Error("the fashion catalogue is off (--no_fashion).", print_exception=False)
         truth = None
-        if upload is not None:
-            image = upload
-            if not isinstance(image, PIL.Image.Image) or image.width < 1 or image.height < 1:
-                raise gr.Error("the uploaded file is not a readable image.", print_exception=False)
-            image = image.convert("RGB")
+        if upload is not None:  # a file path (the component's type="filepath"): decoded here, with the guards
+            try:
+                image = open_upload(upload, int(max_upload_mb * 2**20))
+            except (OSError, ValueError) as error:
+                raise gr.Error(str(error), print_exception=False) from None
         else:
             position = int(pick)
             if not 0 <= position < len(fashion.paths):
                 raise gr.Error(f"pick an image between 0 and {len(fashion.paths) - 1}.", print_exception=False)
             image, truth = catalogue_image(position), fashion.captions[position]
         model = retriever("fashionbert", path)
+        if model.text_index is None:  # start-up is still indexing the captions
+            models.settled()
         try:
             result = model.search_texts(image, top_k=int(top_k), first_stage_k=max(rerank_top_n, int(top_k)))
         except ValueError as error:
@@ -351,37 +464,42 @@ def build_demo(
     def search_videos(path: str, pick: float, lambda_v: float, num_samples: float, top_k: float):
         if activity is None:
             raise gr.Error("the activity gallery is off (--no_activity).", print_exception=False)
+        gallery = activity.get() if isinstance(activity, Deferred) else activity
         index = int(pick)
-        if not 0 <= index < len(activity.labels):
-            raise gr.Error(f"pick a query between 0 and {len(activity.labels) - 1}.", print_exception=False)
+        if not 0 <= index < len(gallery.labels):
+            raise gr.Error(f"pick a query between 0 and {len(gallery.labels) - 1}.", print_exception=False)
         model = retriever("map_ivr", path)
         try:
             result = model.rank_videos(
-                activity.image_features[index],
-                activity.video_features,
+                gallery.image_features[index],
+                gallery.video_features,
                 top_k=int(top_k),
                 lambda_v=float(lambda_v),
                 num_samples=int(num_samples),
-                proposal_scores=activity.proposal_scores,
+                proposal_scores=gallery.proposal_scores,
             )
         except ValueError as error:  # e.g. a checkpoint trained on other features
             raise gr.Error(f"this checkpoint cannot score the synthetic gallery: {error}", print_exception=False) from None
-        name = activity.label_names
+        name = gallery.label_names
         items, rows = [], []
         for rank, i in enumerate(result.indices.tolist(), start=1):
             s_a, s_v, s_all = (float(x[rank - 1]) for x in (result.s_a, result.s_v, result.s_all))
-            match = activity.labels[i] == activity.labels[index]
-            items.append((activity.gif(i), f"{rank}. {name[activity.labels[i]]}{' (same class)' if match else ''} S_all {s_all:.3f}"))
-            rows.append([rank, i, name[activity.labels[i]], "yes" if match else "", round(s_a, 4), round(s_v, 4), round(s_all, 4)])
-        query = PIL.Image.fromarray(np.asarray(activity.images[index], dtype=np.uint8)).resize((128, 128), PIL.Image.NEAREST)
-        return query, f"query class: {name[activity.labels[index]]}", items, rows
+            match = gallery.labels[i] == gallery.labels[index]
+            items.append((gallery.gif(i), f"{rank}. {name[gallery.labels[i]]}{' (same class)' if match else ''} S_all {s_all:.3f}"))
+            rows.append([rank, i, name[gallery.labels[i]], "yes" if match else "", round(s_a, 4), round(s_v, 4), round(s_all, 4)])
+        query = PIL.Image.fromarray(np.asarray(gallery.images[index], dtype=np.uint8)).resize((128, 128), PIL.Image.NEAREST)
+        return query, f"query class: {name[gallery.labels[index]]}", items, rows
 
     with gr.Blocks(title="xmodal retrieval") as demo:
         gr.Markdown("# xmodal retrieval\nFashionBERT catalogue search (dual-encoder index, then cross-encoder re-ranking) and MAP-IVR image-to-video retrieval on synthetic data.")
+        if status is not None and not status.done:  # start-up goes on after the page is up: say what it is doing
+            banner = gr.Markdown(status.markdown(), elem_id="startup-status")
+            timer = gr.Timer(1.0)
+            timer.tick(lambda: (status.markdown(), gr.Timer(active=not status.done)), None, [banner, timer], queue=False, show_progress="hidden")
         with gr.Tab("Text -> images"):
             if fashion is None:
                 gr.Markdown("The fashion catalogue is off (`--no_fashion`).")
-            fb_path = gr.Textbox(value=fashionbert_model, label="FashionBERT checkpoint (folder or Hub repo id)", elem_id="fashionbert-path")
+            fb_path = gr.Textbox(value=fashionbert_model, label="FashionBERT checkpoint (folder or Hub repo id)", elem_id="fashionbert-path", interactive=changeable)
             with gr.Row():
                 query = gr.Textbox(label="Description", placeholder="e.g. red long-sleeve dress with a round neck", elem_id="text-query", scale=4)
                 top_k = gr.Slider(1, 20, value=5, step=1, label="top-k", elem_id="text-top-k")
@@ -391,9 +509,9 @@ def build_demo(
             search.click(search_images, [fb_path, query, top_k], [results, note])
             query.submit(search_images, [fb_path, query, top_k], [results, note])
         with gr.Tab("Image -> captions"):
-            fb_path2 = gr.Textbox(value=fashionbert_model, label="FashionBERT checkpoint (folder or Hub repo id)")
+            fb_path2 = gr.Textbox(value=fashionbert_model, label="FashionBERT checkpoint (folder or Hub repo id)", interactive=changeable)
             with gr.Row():
-                upload = gr.Image(type="pil", label="Upload an image (or leave empty and pick one below)", sources=["upload", "clipboard"])
+                upload = gr.Image(type="filepath", label=f"Upload an image up to {max_upload_mb:g} MB (or leave empty and pick one below)", sources=["upload", "clipboard"])
                 shown = gr.Image(type="pil", label="Query", interactive=False)
             size = len(fashion.paths) if fashion else 1
             with gr.Row():
@@ -405,8 +523,8 @@ def build_demo(
         with gr.Tab("Image -> videos (MAP-IVR)"):
             if activity is None:
                 gr.Markdown("The activity gallery is off (`--no_activity`).")
-            mi_path = gr.Textbox(value=map_ivr_model, label="MAP-IVR checkpoint (folder or Hub repo id)")
-            size = len(activity.labels) if activity else 1
+            mi_path = gr.Textbox(value=map_ivr_model, label="MAP-IVR checkpoint (folder or Hub repo id)", interactive=changeable)
+            size = (activity.size if isinstance(activity, Deferred) else len(activity.labels)) if activity else 1
             with gr.Row():
                 vpick = gr.Slider(0, max(size - 1, 1), value=0, step=1, label="Query image (test row)")
                 lambda_v = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="lambda_v (weight of S_V)")
@@ -444,6 +562,11 @@ def main(argv: list[str] | None = None) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise SystemExit("app.py needs Gradio: pip install gradio") from None
+    fixed = None
+    if not is_loopback(args.host) and not args.allow_checkpoint_change:
+        fixed = {"fashionbert": args.fashionbert_model, "map_ivr": args.map_ivr_model}
+        print(f"Serving beyond loopback ({args.host}): visitors use {args.fashionbert_model!r} and {args.map_ivr_model!r} "
+              "only (--allow_checkpoint_change lets them load others).", flush=True)  # fmt: skip
     fashion = activity = None
     if not args.no_fashion:
         try:
@@ -452,17 +575,43 @@ def main(argv: list[str] | None = None) -> None:
             )
         except ValueError as error:
             parser.error(str(error))
-    models = ModelCache(args.rerank_top_n, fashion)
+    if not args.no_activity:
+        from xmodal.data.activity_synthetic import ACTIVITY_CLASSES
+
+        activity = Deferred(size=args.videos_per_class * len(ACTIVITY_CLASSES))
+    serve(args, ModelCache(args.rerank_top_n, fashion, fixed), fashion, activity)
+
+
+def serve(args: argparse.Namespace, models: ModelCache, fashion: FashionCatalogue | None, activity: Deferred | None) -> None:
+    """
+    Puts the page up at once, then does the rest of start-up behind it (the page says what, a search sent meanwhile
+    waits): the default FashionBERT checkpoint with its catalogue indexes (built the first time), then the activity
+    gallery.
+    """
+    status = StartupStatus()
+    demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models,
+                      args.max_upload_mb, status)  # fmt: skip
+    # One search at a time: the model's forward passes already use every core (measured in bench/demo_load.py).
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=False, inbrowser=False, prevent_thread_lock=True,
+        max_file_size=f"{args.max_upload_mb:g}mb", allowed_paths=[str(fashion.folder / "images")] if fashion else None,
+    )  # fmt: skip
     if fashion is not None:  # index the catalogue now (or load the saved indexes), not on the first query
+        status.stage = f"loading {args.fashionbert_model!r} and its catalogue indexes (the first time: indexing {len(fashion.paths):,} images)"
         try:
             models.get("fashionbert", args.fashionbert_model)
         except Exception as error:  # the page says it again on use; the other tabs still work
             print(f"app.py: FashionBERT {args.fashionbert_model!r} not ready: {_message(error)}", flush=True)
-    if not args.no_activity:
+    if activity is not None:
+        status.stage = f"rendering the synthetic activity gallery ({args.videos_per_class} videos per class)"
         print(f"Rendering the synthetic activity test split ({args.videos_per_class} videos per class)...", flush=True)
-        activity = ActivityGallery.synthetic(args.videos_per_class, args.seed)
-    demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models)
-    demo.queue().launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False)
+        try:
+            activity.set(ActivityGallery.synthetic(args.videos_per_class, args.seed))
+        except Exception as error:  # the MAP-IVR tab reports it on use
+            activity.set(error=error)
+    status.done = True
+    print("Ready.", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -17,17 +17,14 @@ The first start of app.py renders the 10,000-product catalogue into --catalogue_
 
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import PIL.Image
 
-from xmodal.benchmarking import bench_parser
+from xmodal.benchmarking import AppServer, bench_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PROG = "demo_screenshot.py"
@@ -58,49 +55,11 @@ def browser_paths() -> tuple[str, str]:
     return chromium, chromedriver
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def from_root(path: str) -> str:
     """`path` (relative to the current folder) as app.py, run in the repository root, reads it: relative where it is
     inside the repository (the page shows the checkpoint's path), absolute otherwise."""
     resolved = Path(path).resolve()
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
-
-
-def log_tail(log: Path, lines: int = 15) -> str:
-    text = log.read_text(errors="replace").rstrip().splitlines() if log.is_file() else []
-    return "\n".join(text[-lines:])
-
-
-def wait_for_server(url: str, process: subprocess.Popen, log: Path, timeout: float) -> float:
-    """Seconds until `url` answers HTTP 200; a one-line error (and the log's tail) if app.py exits or never answers."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if process.poll() is not None:
-            print(log_tail(log), file=sys.stderr)
-            fail(f"app.py exited with {process.returncode} before serving; its log: {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            time.sleep(1.0)
-    print(log_tail(log), file=sys.stderr)
-    fail(f"app.py did not serve {url} within {timeout:.0f} s; its log: {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 SCROLL_SCRIPT = """
@@ -186,27 +145,25 @@ def main() -> None:
     chromium, chromedriver = browser_paths()
 
     log = Path(args.app_log) if args.app_log else Path(tempfile.mkstemp(prefix="demo_screenshot_app_", suffix=".log")[1])
-    port = free_port()
-    command = [sys.executable, str(ROOT / "app.py"), "--fashionbert_model", from_root(args.fashionbert_model),
-               "--catalogue_dir", from_root(args.catalogue_dir), "--no_activity", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    arguments = ["--fashionbert_model", from_root(args.fashionbert_model), "--catalogue_dir", from_root(args.catalogue_dir),
+                 "--no_activity", "--host", "127.0.0.1"]  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{PROG}: stopped by SIGTERM"))  # so the server is stopped too
-    print(f"starting app.py on port {port} (log: {log}) ...", flush=True)
-    with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        seconds = wait_for_server(url, process, log, args.start_timeout)
+    with AppServer(ROOT, arguments, log) as server:
+        print(f"starting app.py on port {server.port} (log: {log}) ...", flush=True)
+        try:
+            seconds = server.wait_for_page(args.start_timeout)
+        except RuntimeError as error:
+            print(str(error).split("\n", 1)[-1], file=sys.stderr)
+            fail(str(error).splitlines()[0])
         print(f"app.py answered after {seconds:.0f} s; searching {args.query!r} in headless Chromium ...", flush=True)
         try:
-            count = take_screenshot(url, args, chromium, chromedriver)
+            count = take_screenshot(server.url, args, chromium, chromedriver)
         except WebDriverException as error:  # TimeoutException included: no page or no results in --query_timeout
             if isinstance(error, TimeoutException):
                 what = f"no page or no result images within --query_timeout {args.query_timeout:.0f} s"
             else:
                 what = (error.msg or type(error).__name__).strip().splitlines()[0]
             fail(f"headless Chromium: {what}; app.py's log: {log}")
-    finally:
-        stop(process)
     with PIL.Image.open(args.output) as shot:
         size = f"{shot.width}x{shot.height}"
     print(f"saved {args.output} ({size} of a {args.width}x{args.height} window; query {args.query!r}, {count} result images)")

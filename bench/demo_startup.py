@@ -1,67 +1,69 @@
 """
-How long app.py takes to start with the 10,000-product catalogue: the first start renders the catalogue and builds the
-checkpoint's indexes, the second loads them. Each start is timed from launch to the first HTTP 200 on 127.0.0.1, then
-the server is stopped; a third phase times the "Text -> images" tab's search (`FashionRetriever.search_images` on the
-index the app saved: text embedding, first stage, cross-encoder on `--rerank_top_n` candidates).
+How long app.py takes to be usable, and how long a text query takes through the page against the search alone.
 
-    python bench/demo_startup.py --model outputs/fashionbert/final --catalogue_dir /tmp/demo_catalogue
-    python bench/demo_startup.py --model ... --catalogue_dir /tmp/demo_catalogue --only_queries   # the third phase again
+Starts: the first start (a fresh `--catalogue_dir`: it renders the 10,000-product catalogue and builds the checkpoint's
+image and caption indexes) and the second (it loads them), each timed from the launch to the page's first HTTP 200
+("page") and to the first answered "Text -> images" search through the page's API ("usable"; a search sent during
+start-up waits for the image index). Queries: `--queries` captions of the catalogue, one after the other, through
+the page (Gradio's client, the `/search_images` API the page calls, result files not downloaded) and, in this
+process, through `FashionRetriever.search_images` alone on the index the app saved (the same text embedding, first
+stage and re-ranking of `--rerank_top_n` candidates); the difference is what the page adds.
+
+    python bench/demo_startup.py --catalogue_dir /tmp/demo_catalogue           # both starts + queries
+    python bench/demo_startup.py --catalogue_dir outputs/fashionbert/catalogue --only_queries
 """
 
-import os
 import json
-import socket
-import subprocess
-import sys
+import os
 import time
-import urllib.request
 from pathlib import Path
 
-from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
+import numpy as np
+
+from xmodal.benchmarking import AppServer, add_output_argument, bench_parser, run_environment, write_json
 from xmodal.retrieval import FashionRetriever
+from xmodal.retrieval.fashionbert import FIRST_STAGE_K
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def summary(seconds: list[float]) -> dict:
+    return {"p50": float(np.percentile(seconds, 50)), "p95": float(np.percentile(seconds, 95)), "max": max(seconds), "all": seconds}
 
 
-def timed_start(arguments: list[str], log: Path, timeout: float) -> float:
-    """Seconds from launching app.py to its first HTTP 200; the server is stopped afterwards."""
-    port = free_port()
-    started = time.monotonic()
-    with open(log, "w") as handle:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *arguments, "--port", str(port)], cwd=ROOT,
-                                   stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        while time.monotonic() - started < timeout:
-            if process.poll() is not None:
-                raise SystemExit(f"app.py exited with {process.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                time.sleep(0.5)
-        raise SystemExit(f"app.py did not serve within {timeout} s; see {log}")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+def timed_start(arguments: list[str], log: Path, model: str, query: str, timeout: float) -> dict:
+    with AppServer(ROOT, arguments, log) as server:
+        page = server.wait_for_page(timeout)
+        usable = server.wait_for_answer(lambda client: client.predict(model, query, 5, api_name="/search_images"), timeout)
+        return {"page_seconds": page, "usable_seconds": usable, "resident_mb": server.resident_mb()}
 
 
-def query_seconds(model: str, catalogue_dir: str, rerank_top_n: int) -> list[float]:
-    """Seconds per query of the app's text search, on the image index the app saved for `model` under `catalogue_dir`."""
+def page_queries(arguments: list[str], log: Path, model: str, queries: list[str], timeout: float) -> list[float]:
+    """Seconds per query through the page's API, one after the other (after two warm-up queries)."""
+    with AppServer(ROOT, arguments, log) as server:
+        server.wait_for_page(timeout)
+        client = server.client()
+        server.wait_for_answer(lambda c: c.predict(model, "red dress", 5, api_name="/search_images"), timeout)
+        client.predict(model, "black coat", 5, api_name="/search_images")
+        timings = []
+        for query in queries:
+            started = time.perf_counter()
+            client.predict(model, query, 5, api_name="/search_images")
+            timings.append(time.perf_counter() - started)
+        return timings
+
+
+def api_queries(model: str, catalogue_dir: str, rerank_top_n: int, queries: list[str]) -> list[float]:
+    """Seconds per query of `FashionRetriever.search_images` alone (the app's settings), on the index the app saved."""
     retriever = FashionRetriever.from_pretrained(model, rerank_top_n=rerank_top_n, cache_size=4 * rerank_top_n)
     folders = [f for f in Path(catalogue_dir).glob("*/index-*/images") if f.parent.name.endswith(retriever.model_fingerprint.split(":")[-1][:16])]
     if len(folders) != 1:
         raise SystemExit(f"{catalogue_dir}: expected one saved index of {model}, found {len(folders)}")
     retriever.load_index(folders[0])
-    retriever.search_images("red dress", top_k=5, first_stage_k=rerank_top_n)  # warm-up
+    for warm in ("red dress", "black coat"):
+        retriever.search_images(warm, top_k=5, first_stage_k=rerank_top_n)
     timings = []
-    for query in ["red long sleeve dress", "black wool coat with pockets", "white t-shirt", "blue jeans", "green skirt"]:
+    for query in queries:
         started = time.perf_counter()
         retriever.search_images(query, top_k=5, first_stage_k=rerank_top_n)
         timings.append(time.perf_counter() - started)
@@ -70,31 +72,40 @@ def query_seconds(model: str, catalogue_dir: str, rerank_top_n: int) -> list[flo
 
 def main() -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--model", required=True, help="A FashionBERT folder with dual-encoder heads.")
-    parser.add_argument("--catalogue_dir", required=True, help="A fresh folder for the catalogue and its indexes.")
+    parser.add_argument("--model", default="outputs/fashionbert/final", help="A FashionBERT folder with dual-encoder heads.")
+    parser.add_argument("--catalogue_dir", required=True, help="A fresh folder for the catalogue and its indexes (an existing one with --only_queries).")
     parser.add_argument("--num_products", type=int, default=10_000)
-    parser.add_argument("--rerank_top_n", type=int, default=100, help="app.py's default.")
+    parser.add_argument("--rerank_top_n", type=int, default=None, help="Default: app.py's (FIRST_STAGE_K).")
+    parser.add_argument("--queries", type=int, default=20, help="Catalogue captions timed as queries.")
     parser.add_argument("--timeout", type=float, default=3600.0, help="Seconds to wait for one start.")
     parser.add_argument("--only_queries", action="store_true", help="Time the queries on an existing --catalogue_dir; keep the start-up times of --output.")
     add_output_argument(parser, "demo_startup")
     args = parser.parse_args()
     load_before = os.getloadavg()
+    arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir, "--num_products", str(args.num_products), "--no_activity"]
+    if args.rerank_top_n is not None:
+        arguments += ["--rerank_top_n", str(args.rerank_top_n)]
+    rerank_top_n = FIRST_STAGE_K if args.rerank_top_n is None else args.rerank_top_n
+    log_dir = Path(args.catalogue_dir.rstrip("/") + "_logs")
     if args.only_queries:
         result = json.loads(Path(args.output).read_text()) if Path(args.output).is_file() else {}
     else:
         if Path(args.catalogue_dir).exists():
             parser.error(f"--catalogue_dir {args.catalogue_dir}: exists; the first start must render and index from scratch")
-        arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir,
-                     "--num_products", str(args.num_products), "--rerank_top_n", str(args.rerank_top_n), "--no_activity"]  # fmt: skip
-        log_dir = Path(args.catalogue_dir + "_logs")
-        log_dir.mkdir(parents=True)
+        first_query = "red long-sleeve dress with a round neck"
         result = {"model": args.model, "num_products": args.num_products}
-        result["first_start_seconds"] = timed_start(arguments, log_dir / "first.log", args.timeout)
-        print(f"first start (render + index): {result['first_start_seconds']:.0f} s", flush=True)
-        result["second_start_seconds"] = timed_start(arguments, log_dir / "second.log", args.timeout)
-        print(f"second start (load the saved indexes): {result['second_start_seconds']:.0f} s", flush=True)
-    result["query_seconds"] = query_seconds(args.model, args.catalogue_dir, args.rerank_top_n)
-    print(f"one query (index + re-rank of {args.rerank_top_n}): {sorted(result['query_seconds'])[2]:.2f} s median", flush=True)
+        result["first_start"] = timed_start(arguments, log_dir / "first.log", args.model, first_query, args.timeout)
+        print(f"first start (render + index): page {result['first_start']['page_seconds']:.0f} s, usable {result['first_start']['usable_seconds']:.0f} s", flush=True)
+        result["second_start"] = timed_start(arguments, log_dir / "second.log", args.model, first_query, args.timeout)
+        print(f"second start (saved indexes): page {result['second_start']['page_seconds']:.0f} s, usable {result['second_start']['usable_seconds']:.0f} s", flush=True)
+    [catalogue] = Path(args.catalogue_dir).glob("*/catalogue.json")
+    captions = sorted(set(json.loads(catalogue.read_text())["rows"]["captions"]))
+    queries = [captions[i] for i in np.random.default_rng(0).choice(len(captions), args.queries, replace=False)]
+    result["rerank_top_n"] = rerank_top_n
+    result["page_query_seconds"] = summary(page_queries(arguments, log_dir / "queries.log", args.model, queries, args.timeout))
+    result["api_query_seconds"] = summary(api_queries(args.model, args.catalogue_dir, rerank_top_n, queries))
+    page, api = result["page_query_seconds"], result["api_query_seconds"]
+    print(f"query through the page: p50 {page['p50']:.2f} s, p95 {page['p95']:.2f} s; search alone: p50 {api['p50']:.2f} s, p95 {api['p95']:.2f} s", flush=True)
     result["environment"] = run_environment(load_before)  # the app's threads: OMP_NUM_THREADS as inherited
     result["environment"]["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
     write_json(args.output, result)

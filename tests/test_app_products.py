@@ -16,6 +16,9 @@ import app  # noqa: E402
 
 from tiny_fashionbert import GOLDEN_FASHIONBERT, save_golden_fashionbert_with_heads  # noqa: E402
 
+# Exactness tests: rankings compared with float32 brute force (bf16 scoring has its own tests).
+pytestmark = pytest.mark.usefixtures("float32_scoring")
+
 
 def test_best_view_per_product_keeps_each_products_first_hit():
     product_ids = ["a", "a", "b", "c", "b", "c"]
@@ -97,11 +100,11 @@ def test_text_to_images_shows_one_tile_per_product_by_its_best_view(catalogue_an
     expected = sorted(best.items(), key=lambda item: (-item[1][1], item[1][0]))[:4]
     assert shown == [product for product, _ in expected]
     for (image, caption), (_, (index, score)) in zip(items, expected):
-        assert image.size == (32, 32) and catalogue.captions[index] in caption
+        assert image == catalogue.paths[index] and catalogue.captions[index] in caption  # the catalogue's own file
         assert float(caption.split("score ")[1].split(" |")[0]) == pytest.approx(score, abs=0.006)
 
 
-def test_image_to_captions_tab_searches_the_caption_index(catalogue_and_model):
+def test_image_to_captions_tab_searches_the_caption_index(catalogue_and_model, tmp_path):
     pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
     import gradio as gr
     import PIL.Image
@@ -116,7 +119,9 @@ def test_image_to_captions_tab_searches_the_caption_index(catalogue_and_model):
     assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
     assert all(r[2] in catalogue.unique_captions for r in rows)
     assert all(r[3] == ("yes" if r[2] == catalogue.captions[3] else "") for r in rows)
-    uploaded, _ = search_captions(model, PIL.Image.new("RGBA", (40, 30), (255, 0, 0, 128)), 0, 2)
+    upload = tmp_path / "upload.png"  # the page hands uploads over as files (gr.Image(type="filepath"))
+    PIL.Image.new("RGBA", (40, 30), (255, 0, 0, 128)).save(upload)
+    uploaded, _ = search_captions(model, str(upload), 0, 2)
     assert uploaded.mode == "RGB" and uploaded.size == (40, 30)
     with pytest.raises(gr.Error, match="pick an image between 0 and 65"):
         search_captions(model, None, 66, 2)
@@ -134,3 +139,71 @@ def test_flags_that_would_be_ignored_or_are_out_of_range_stop_in_one_line(argv, 
     with pytest.raises(SystemExit) as stopped:
         app.main(argv)
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Served beyond loopback: fixed checkpoints, bounded uploads
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),
+                                            ("0.0.0.0", False), ("192.168.1.5", False), ("::", False), ("myhost", False)])
+def test_loopback_is_told_apart_from_every_other_address(host, loopback):
+    assert app.is_loopback(host) is loopback
+
+
+def test_a_page_served_beyond_loopback_refuses_another_checkpoint(catalogue_and_model, tmp_path):
+    pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
+    import gradio as gr
+
+    catalogue, model = catalogue_and_model
+    models = app.ModelCache(len(catalogue.paths), catalogue, fixed_paths={"fashionbert": model, "map_ivr": "unused"})
+    demo = app.build_demo(catalogue, None, model, "unused", rerank_top_n=len(catalogue.paths), models=models)
+    handlers = {getattr(f.fn, "__name__", ""): f.fn for f in demo.fns.values()}
+    fields = [block for block in demo.blocks.values() if getattr(block, "label", "") and "checkpoint" in block.label]
+    assert fields and all(field.interactive is False for field in fields)  # read-only in the page
+    other = tmp_path / "elsewhere"
+    for path in (str(other), "someone/some-model", "/etc", ""):  # and refused through the API
+        with pytest.raises(gr.Error, match="only serves its fashionbert checkpoint .*--allow_checkpoint_change"):
+            handlers["search_images"](path, "red dress", 3)
+        with pytest.raises(PermissionError, match="only serves its map_ivr checkpoint"):
+            models.get("map_ivr", path)  # the MAP-IVR tab goes through the same cache
+    assert not other.exists()
+    items, _ = handlers["search_images"](model, "red dress", 3)  # the fixed one still answers
+    assert len(items) == 3
+
+
+def test_main_fixes_the_checkpoints_beyond_loopback_unless_allowed(monkeypatch):
+    pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
+    seen = {}
+
+    def fake_serve(args, models, fashion, activity):
+        seen["fixed"] = models.fixed_paths
+
+    monkeypatch.setattr(app, "serve", fake_serve)
+    base = ["--no_fashion", "--no_activity", "--fashionbert_model", "fb", "--map_ivr_model", "mi"]
+    app.main([*base, "--host", "0.0.0.0"])
+    assert seen["fixed"] == {"fashionbert": "fb", "map_ivr": "mi"}
+    app.main([*base, "--host", "0.0.0.0", "--allow_checkpoint_change"])
+    assert seen["fixed"] is None
+    app.main(base)  # loopback (the default): a local user may type any folder
+    assert seen["fixed"] is None
+
+
+def test_uploads_are_bounded_and_decoded_with_the_bomb_guard(tmp_path, monkeypatch):
+    import PIL.Image
+
+    small = tmp_path / "small.png"
+    PIL.Image.new("RGB", (20, 10), (0, 0, 255)).save(small)
+    assert app.open_upload(small, max_bytes=2**20).size == (20, 10)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (3 * 2**20))
+    with pytest.raises(ValueError, match="the upload is 3.0 MB, over this server's limit of 1 MB"):
+        app.open_upload(big, max_bytes=2**20)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="the upload is not a usable image: cannot be decoded"):
+        app.open_upload(broken, max_bytes=2**20)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 50)  # a 200-pixel image is then a "bomb" (Pillow errors at 2x)
+    with pytest.raises(ValueError, match="decompression-bomb limit"):
+        app.open_upload(small, max_bytes=2**20)

@@ -1,5 +1,6 @@
 # Copyright 2025 The xmodal authors. Licensed under the Apache License, Version 2.0.
-"""What the scripts under `bench/` share: their command line, the setup of a timed run, and the JSON result file.
+"""What the scripts under `bench/` share: their command line, the setup of a timed run, the JSON result file, and
+app.py run as a server (`AppServer`).
 
 A speed script is built from these pieces:
 
@@ -23,7 +24,10 @@ import platform
 from pathlib import Path
 
 
-__all__ = ["bench_parser", "add_output_argument", "add_speed_arguments", "start_speed_run", "run_environment", "write_json"]
+__all__ = [
+    "AppServer", "add_output_argument", "add_speed_arguments", "bench_parser", "free_port", "log_tail", "run_environment",
+    "start_speed_run", "write_json",
+]
 
 THREADS_HELP = "torch threads (1: steadiest on a shared machine)."
 
@@ -69,3 +73,112 @@ def write_json(path: str | os.PathLike, result: dict, sort_keys: bool = True) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, sort_keys=sort_keys) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# app.py as a server (bench/demo_startup.py, bench/demo_load.py, bench/demo_screenshot.py)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(log: str | os.PathLike, lines: int = 15) -> str:
+    """The last `lines` lines of a log file (empty when it does not exist)."""
+    path = Path(log)
+    return "\n".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:]) if path.is_file() else ""
+
+
+class AppServer:
+    """
+    `python app.py ARGUMENTS --port <free>` run from `root`, its output in `log`; a context manager that stops it on exit
+    (also on an error). `url` is its address; `started` the `time.monotonic()` of the launch.
+    """
+
+    def __init__(self, root: str | os.PathLike, arguments: list[str], log: str | os.PathLike, python: str | None = None):
+        import sys
+
+        self.root, self.arguments, self.log = Path(root), list(arguments), Path(log)
+        self.python = python or sys.executable
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process = None
+        self.started = 0.0
+
+    def __enter__(self) -> AppServer:
+        import subprocess
+        import time
+
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "w") as handle:
+            self.started = time.monotonic()
+            self.process = subprocess.Popen([self.python, str(self.root / "app.py"), *self.arguments, "--port", str(self.port)],
+                                            cwd=self.root, stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {self.process.returncode}; its log ({self.log}):\n{log_tail(self.log)}")
+
+    def wait_for_page(self, timeout: float) -> float:
+        """Seconds from the launch until the page answers HTTP 200."""
+        import time
+        import urllib.request
+
+        while time.monotonic() - self.started < timeout:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    if response.status == 200:
+                        return time.monotonic() - self.started
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"app.py did not serve {self.url} within {timeout:.0f} s; its log ({self.log}):\n{log_tail(self.log)}")
+
+    def client(self):
+        """A `gradio_client.Client` of the page (results' files are not downloaded: the server's time is measured)."""
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False, download_files=False)
+
+    def wait_for_answer(self, call, timeout: float) -> float:
+        """Seconds from the launch until `call(client)` returns without an error (a search sent during start-up waits)."""
+        import time
+
+        client = self.client()
+        while True:
+            self._check_alive()
+            try:
+                call(client)
+                return time.monotonic() - self.started
+            except Exception as error:  # noqa: BLE001 - retried until the timeout
+                if time.monotonic() - self.started > timeout:
+                    raise RuntimeError(f"app.py gave no answer within {timeout:.0f} s ({error}); its log: {self.log}") from error
+                time.sleep(1.0)
+
+    def resident_mb(self) -> float:
+        """The server's resident memory (VmRSS, Linux), in MB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

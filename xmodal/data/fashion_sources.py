@@ -41,6 +41,7 @@ __all__ = [
     "load_fashiongen",
     "decode_fashiongen_text",
     "fashion_row_features",
+    "image_file_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,14 @@ def _image_problem(value, decode: bool) -> str | None:
     except Exception as error:  # noqa: BLE001 - any decoder failure makes the row unusable
         return f"{where}: cannot be decoded ({type(error).__name__}: {error})"
     return None
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """
+    Why the image file at `path` cannot be used (missing, empty, undecodable, or over Pillow's decompression-bomb
+    limit), or None: the check every data path applies to its rows, for one file from elsewhere (an upload).
+    """
+    return _image_problem({"path": os.fspath(path), "bytes": None}, decode=True)
 
 
 def _id_string(value) -> str | None:

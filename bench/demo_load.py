@@ -1,0 +1,107 @@
+"""
+app.py under load: N = 1, 4, 16 concurrent clients each sending text queries ("Text -> images", the page's
+`/search_images` API through Gradio's client, as the page does) one after the other for `--seconds`, against one
+running server. Per N: throughput (answered queries per second), p50 / p95 / p99 latency, errors, and the server's
+resident memory before and after. The server is started once on the quickstart's folder and catalogue (its indexes
+saved by an earlier start) and warmed up with a few queries first. Queries are captions drawn from the catalogue.
+
+    python bench/demo_load.py                                  # writes bench/results/demo_load.json
+    python bench/demo_load.py --clients 4 --seconds 20 --app_args --rerank_top_n 50
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xmodal.benchmarking import AppServer, add_output_argument, bench_parser, run_environment, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentiles(seconds: list[float]) -> dict:
+    if not seconds:
+        return {}
+    return {f"p{q}": float(np.percentile(seconds, q)) for q in (50, 95, 99)}
+
+
+def drive(server: AppServer, model: str, queries: list[str], clients: int, seconds: float, top_k: int, seed: int) -> dict:
+    """`clients` threads, each with its own Gradio client, querying until `seconds` have passed."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    connected = [server.client() for _ in range(clients)]  # connecting is not part of the timing
+    deadline = time.monotonic() + seconds
+
+    def worker(number: int) -> None:
+        rng = np.random.default_rng([seed, clients, number])
+        while time.monotonic() < deadline:
+            query = queries[int(rng.integers(len(queries)))]
+            started = time.perf_counter()
+            try:
+                connected[number].predict(model, query, top_k, api_name="/search_images")
+            except Exception as error:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(f"{type(error).__name__}: {error}"[:200])
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started  # until the last query in flight at the deadline came back
+    return {"clients": clients, "seconds": elapsed, "answered": len(latencies), "queries_per_second": len(latencies) / elapsed,
+            "latency_seconds": percentiles(latencies), "errors": len(errors), "error_examples": errors[:3]}  # fmt: skip
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--model", default="outputs/fashionbert/final", help="FashionBERT folder (with dual-encoder heads).")
+    parser.add_argument("--catalogue_dir", default="outputs/fashionbert/catalogue")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=60.0, help="Length of each load phase.")
+    parser.add_argument("--top_k", type=int, default=5, help="The page's default top-k.")
+    parser.add_argument("--warmup_queries", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds to wait for the server to answer at start.")
+    parser.add_argument("--app_args", nargs="*", default=[], help="More app.py arguments (e.g. --rerank_top_n 50).")
+    add_output_argument(parser, "demo_load")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    [catalogue] = [p for p in Path(args.catalogue_dir).glob("*/catalogue.json")]
+    queries = sorted(set(json.loads(catalogue.read_text())["rows"]["captions"]))
+    arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir, "--no_activity", *args.app_args]
+    result = {"model": args.model, "app_args": args.app_args, "top_k": args.top_k, "phases": []}
+    log = Path(args.output).with_suffix(".server.log")
+    with AppServer(ROOT, arguments, log) as server:
+        result["page_seconds"] = server.wait_for_page(args.timeout)
+        result["first_answer_seconds"] = server.wait_for_answer(
+            lambda client: client.predict(args.model, queries[0], args.top_k, api_name="/search_images"), args.timeout
+        )
+        print(f"page up after {result['page_seconds']:.1f} s, first answer after {result['first_answer_seconds']:.1f} s", flush=True)
+        warm = server.client()
+        for query in queries[1 : 1 + args.warmup_queries]:
+            warm.predict(args.model, query, args.top_k, api_name="/search_images")
+        for clients in args.clients:
+            before = server.resident_mb()
+            phase = drive(server, args.model, queries, clients, args.seconds, args.top_k, args.seed)
+            phase.update(resident_mb_before=before, resident_mb_after=server.resident_mb())
+            result["phases"].append(phase)
+            lat = phase["latency_seconds"]
+            print(f"N={clients}: {phase['queries_per_second']:.2f} queries/s, p50 {lat.get('p50', float('nan')):.2f} s, "
+                  f"p95 {lat.get('p95', float('nan')):.2f} s, p99 {lat.get('p99', float('nan')):.2f} s, errors {phase['errors']}, "
+                  f"RSS {before:.0f} -> {phase['resident_mb_after']:.0f} MB", flush=True)  # fmt: skip
+    result["environment"] = run_environment(load_before)
+    result["environment"]["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
+    write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
