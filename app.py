@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerank_top_n", type=int, default=RERANK_TOP_N, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query.")
     parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and rendering and indexing their catalogue).")
     parser.add_argument("--no_activity", action="store_true", help="Skip the MAP-IVR tab (and building its gallery).")
+    parser.add_argument("--concurrency_limit", type=int, default=1, help="Searches run at once (Gradio's queue; the rest wait in it). One search already uses every core: measured in bench/demo_load.py, 2 gives no more queries per second on 2 cores.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on. Beyond loopback the page's checkpoints are fixed to the two above (see --allow_checkpoint_change).")
     parser.add_argument("--allow_checkpoint_change", action="store_true", help="Let visitors load another checkpoint folder or Hub repo id through the page and its API also when served beyond loopback (they can then make the server read its disk or download models).")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="Largest image upload accepted, in MB (decoded under Pillow's decompression-bomb limit).")
@@ -552,6 +553,10 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"--{given[0]}: has no effect with --{off}")
     if args.rerank_top_n < 1:
         parser.error(f"--rerank_top_n {args.rerank_top_n}: must be at least 1")
+    if args.concurrency_limit < 1:
+        parser.error(f"--concurrency_limit {args.concurrency_limit}: must be at least 1")
+    if args.max_upload_mb <= 0:
+        parser.error(f"--max_upload_mb {args.max_upload_mb:g}: must be positive")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -591,8 +596,7 @@ def serve(args: argparse.Namespace, models: ModelCache, fashion: FashionCatalogu
     status = StartupStatus()
     demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models,
                       args.max_upload_mb, status)  # fmt: skip
-    # One search at a time: the model's forward passes already use every core (measured in bench/demo_load.py).
-    demo.queue(default_concurrency_limit=1).launch(
+    demo.queue(default_concurrency_limit=args.concurrency_limit).launch(
         server_name=args.host, server_port=args.port, share=False, inbrowser=False, prevent_thread_lock=True,
         max_file_size=f"{args.max_upload_mb:g}mb", allowed_paths=[str(fashion.folder / "images")] if fashion else None,
     )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -129,6 +130,7 @@ class _CachedRetriever:
         self.precision = resolve_precision(precision, model.device)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._fingerprint: str | None = None
 
     @property
@@ -164,7 +166,8 @@ class _CachedRetriever:
 
     def clear_cache(self) -> None:
         """Forget every cached encoding."""
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
 
     def _cached(self, keys: Sequence[str], encode: Callable[[list[int]], Sequence[Any]]) -> list[Any]:
         """
@@ -173,14 +176,17 @@ class _CachedRetriever:
         are dropped after the call.
         """
         missing: dict[str, int] = {}
+        with self._cache_lock:  # the cache is shared by threads (a served demo); the encoding runs outside the lock
+            found = {key: self._cache[key] for key in keys if key in self._cache}
         for position, key in enumerate(keys):
-            if key not in self._cache and key not in missing:
+            if key not in found and key not in missing:
                 missing[key] = position
         computed = dict(zip(missing, encode(list(missing.values())))) if missing else {}
-        values = [computed[key] if key in computed else self._cache[key] for key in keys]
-        for key, value in zip(keys, values):
-            self._cache[key] = value
-            self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        values = [computed[key] if key in computed else found[key] for key in keys]
+        with self._cache_lock:
+            for key, value in zip(keys, values):
+                self._cache[key] = value
+                self._cache.move_to_end(key)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return values

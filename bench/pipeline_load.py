@@ -1,0 +1,89 @@
+"""
+The `fashion-retrieval` pipeline under load in a plain transformers process (no xmodal at run time beyond the saved
+folder's remote code): N = 1, 4, 16 threads share one pipeline, each ranking `--candidates` catalogue images for a
+caption query, one call after the other, for `--seconds`. Per N: calls per second, p50 / p95 / p99 latency, errors,
+and this process's resident memory before and after (no growth beyond the first calls).
+
+    python bench/pipeline_load.py                    # writes bench/results/pipeline_load.json
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+from transformers import pipeline
+
+from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--model", default="outputs/fashionbert/final")
+    parser.add_argument("--catalogue_dir", default="outputs/fashionbert/catalogue")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--candidates", type=int, default=30, help="Images ranked per call.")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "float32"])
+    add_output_argument(parser, "pipeline_load")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    [catalogue] = Path(args.catalogue_dir).glob("*/catalogue.json")
+    rows = json.loads(catalogue.read_text())["rows"]
+    folder = catalogue.parent / "images"
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(rows["files"]), 64 * args.candidates, replace=False)
+    images = [PIL.Image.open(folder / rows["files"][i]).convert("RGB") for i in picks]  # decoded once, as a service would
+    queries = [rows["captions"][i] for i in picks]
+    search = pipeline("fashion-retrieval", model=args.model, trust_remote_code=True, device="cpu")
+    search(queries[0], candidate_images=images[: args.candidates], precision=args.precision)  # warm-up
+    result = {"model": args.model, "candidates": args.candidates, "precision": args.precision, "phases": []}
+    for clients in args.clients:
+        latencies, errors, lock = [], [], threading.Lock()
+        deadline = time.monotonic() + args.seconds
+        before = resident_mb()
+
+        def worker(number: int) -> None:
+            local = np.random.default_rng([clients, number])
+            while time.monotonic() < deadline:
+                start = int(local.integers(64)) * args.candidates
+                started = time.perf_counter()
+                try:
+                    search(queries[start], candidate_images=images[start : start + args.candidates], top_k=5, precision=args.precision)
+                except Exception as error:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(f"{type(error).__name__}: {error}"[:200])
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        phase = {"clients": clients, "seconds": elapsed, "calls": len(latencies), "calls_per_second": len(latencies) / elapsed,
+                 "latency_seconds": {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)} if latencies else {},
+                 "errors": len(errors), "error_examples": errors[:3], "resident_mb_before": before, "resident_mb_after": resident_mb()}  # fmt: skip
+        result["phases"].append(phase)
+        lat = phase["latency_seconds"]
+        print(f"N={clients}: {phase['calls_per_second']:.2f} calls/s, p50 {lat.get('p50', float('nan')):.2f} s, p95 {lat.get('p95', float('nan')):.2f} s, "
+              f"errors {phase['errors']}, RSS {before:.0f} -> {phase['resident_mb_after']:.0f} MB", flush=True)  # fmt: skip
+    result["environment"] = run_environment(load_before)
+    write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
