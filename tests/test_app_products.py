@@ -1,10 +1,12 @@
 """
 app.py's fashion side without a browser: the catalogue is rendered once and reopened, each checkpoint's indexes are
 built once and loaded at start-up, the "Text -> images" tab shows one tile per product (its best view) in the order
-of the exhaustive ranking, and bad flags stop with one line.
+of the exhaustive ranking, bad flags stop with one line, a page served beyond loopback keeps its checkpoints, uploads
+are bounded and guarded, and the page says what start-up is doing.
 """
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,31 @@ def test_uploads_are_bounded_and_decoded_with_the_bomb_guard(tmp_path, monkeypat
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 50)  # a 200-pixel image is then a "bomb" (Pillow errors at 2x)
     with pytest.raises(ValueError, match="decompression-bomb limit"):
         app.open_upload(small, max_bytes=2**20)
+
+
+def test_the_page_says_what_start_up_is_doing_until_it_is_done(catalogue_and_model):
+    pytest.importorskip("gradio", reason="the demo needs gradio (pip install gradio)")
+    import gradio as gr
+
+    catalogue, model = catalogue_and_model
+    status = app.StartupStatus(stage="indexing 66 catalogue images")
+    demo = app.build_demo(catalogue, None, model, "unused", rerank_top_n=5, status=status)
+    [banner] = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "startup-status"]
+    assert banner.value == "**Starting up:** indexing 66 catalogue images. A search sent now waits for it."
+    assert any(isinstance(b, gr.Timer) for b in demo.blocks.values())  # refreshes it each second
+    status.done = True
+    assert status.markdown() == ""
+    done = app.build_demo(catalogue, None, model, "unused", rerank_top_n=5, status=status)
+    assert not any(getattr(b, "elem_id", None) == "startup-status" for b in done.blocks.values())
+
+
+def test_a_deferred_gallery_is_waited_for_and_its_error_reported():
+    deferred = app.Deferred(size=3)
+    assert not deferred.ready
+    deferred.set(error=ValueError("rendering failed"))
+    assert deferred.ready
+    with pytest.raises(ValueError, match="rendering failed"):
+        deferred.get()
+    later = app.Deferred(size=3)
+    threading.Timer(0.05, later.set, args=("gallery",)).start()
+    assert later.get() == "gallery"  # blocks until the start-up thread sets it

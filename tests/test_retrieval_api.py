@@ -370,6 +370,21 @@ def test_search_texts_equals_exhaustive_ranking_when_first_stage_covers_the_capt
     assert other.search_texts(image, top_k=4, first_stage_k=6).indices.tolist() == exhaustive.indices.tolist()
 
 
+def test_threads_searching_one_retriever_get_what_one_thread_gets(dual):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = random_images(12, seed=5)
+    # A cache smaller than the candidates: threads evict each other's entries while they search (a served demo).
+    retriever = FashionRetriever(dual.model, dual.processor, batch_size=4, cache_size=3)
+    retriever.build_index(images)
+    queries = TEXTS * 4
+    alone = [retriever.search_images(q, top_k=4, first_stage_k=6).indices.tolist() for q in queries]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda q: retriever.search_images(q, top_k=4, first_stage_k=6).indices.tolist(), queries))
+    assert together == alone
+    assert len(retriever._cache) <= 3
+
+
 def test_indexed_search_errors(dual, fashion, tmp_path):
     images = random_images(3)
     for call in (
