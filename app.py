@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerank_top_n", type=int, default=RERANK_TOP_N, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query.")
     parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and rendering and indexing their catalogue).")
     parser.add_argument("--no_activity", action="store_true", help="Skip the MAP-IVR tab (and building its gallery).")
-    parser.add_argument("--concurrency_limit", type=int, default=1, help="Searches run at once (Gradio's queue; the rest wait in it). One search already uses every core: measured in bench/demo_load.py, 2 gives no more queries per second on 2 cores.")
+    parser.add_argument("--concurrency_limit", type=int, default=2, help="Searches run at once (Gradio's queue; the rest wait in it). 2 overlaps one search's Python and page work with another's model passes: on 2 cores, 4 clients got 2.2 queries/s with 1 and 3.0 with 2 (bench/demo_load.py).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on. Beyond loopback the page's checkpoints are fixed to the two above (see --allow_checkpoint_change).")
     parser.add_argument("--allow_checkpoint_change", action="store_true", help="Let visitors load another checkpoint folder or Hub repo id through the page and its API also when served beyond loopback (they can then make the server read its disk or download models).")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="Largest image upload accepted, in MB (decoded under Pillow's decompression-bomb limit).")
@@ -121,21 +121,18 @@ class FashionCatalogue:
     @staticmethod
     def _render(folder: Path, settings: dict) -> dict[str, list[str]]:
         """Writes `folder/images/*.png`; returns the rows' file names, captions and product ids."""
-        import datasets
+        from xmodal.data.fashion_synthetic import generate_fashion_columns
 
-        from xmodal.data.fashion_synthetic import make_fashion_dataset
-
-        rows = make_fashion_dataset(
+        rows = generate_fashion_columns(
             settings["num_products"], settings["views_per_product"], settings["image_size"], seed=settings["seed"],
             split_fractions={"train": 1.0}, show_progress=True,
         )["train"]  # fmt: skip
-        images = rows.cast_column("image", datasets.Image(decode=False))["image"]  # the PNG bytes, not decoded
         (folder / "images").mkdir()
         files = []
-        for position, image in enumerate(images):
+        for position, image in enumerate(rows["image"]):  # the PNG bytes as rendered, not decoded
             files.append(f"{position:07d}.png")
             (folder / "images" / files[-1]).write_bytes(image["bytes"])
-        return {"files": files, "captions": list(rows["text"]), "product_ids": list(rows["product_id"])}
+        return {"files": files, "captions": rows["text"], "product_ids": rows["product_id"]}
 
     @property
     def max_views(self) -> int:
@@ -304,7 +301,10 @@ class ModelCache:
         self.catalogue = catalogue
         self.fixed_paths = None if fixed_paths is None else {kind: path.strip() for kind, path in fixed_paths.items()}
         self._loaded: dict[tuple[str, str], Any] = {}
-        self._loading = threading.Lock()  # one load at a time: a query during start-up waits for the indexes
+        # Checkpoints being loaded, and the condition their loaders notify: a search for one waits until it is usable
+        # (its image index ready), not until its caption index is built too.
+        self._loading: set[tuple[str, str]] = set()
+        self._changed = threading.Condition()
 
     def get(self, kind: str, path: str):
         path = (path or "").strip()
@@ -316,31 +316,44 @@ class ModelCache:
         if not path:
             raise ValueError("enter a checkpoint folder or Hub repo id.")
         key = (kind, path)
-        if key in self._loaded:
-            return self._loaded[key]
-        with self._loading:
+        with self._changed:
+            while key not in self._loaded and key in self._loading:  # another thread loads it
+                self._changed.wait()
+            if key in self._loaded:
+                return self._loaded[key]
+            self._loading.add(key)
+        try:
             return self._load(kind, path, key)
+        finally:
+            with self._changed:
+                self._loading.discard(key)
+                self._changed.notify_all()
 
     def settled(self) -> None:
-        """Waits until no checkpoint is loading (e.g. the caption index of the start-up thread is built)."""
-        with self._loading:
-            pass
+        """Waits until no checkpoint is loading (e.g. until the start-up thread has built the caption index)."""
+        with self._changed:
+            while self._loading:
+                self._changed.wait()
+
+    def _publish(self, key: tuple[str, str], retriever: Any) -> None:
+        with self._changed:
+            self._loaded[key] = retriever
+            self._changed.notify_all()
 
     def _load(self, kind: str, path: str, key: tuple[str, str]):
         from xmodal.retrieval import ActivityRetriever, FashionRetriever
 
-        if key not in self._loaded:
-            if kind == "fashionbert":
-                # A small feature cache: the index holds the catalogue; only re-ranked candidates need patch features.
-                retriever = FashionRetriever.from_pretrained(path, rerank_top_n=self.rerank_top_n, cache_size=4 * self.rerank_top_n)
-                if self.catalogue is not None:
-                    self.catalogue.open_image_index(retriever)
-                    self._loaded[key] = retriever  # text -> images answers from here on, while the captions index
-                    self.catalogue.open_caption_index(retriever)
-                self._loaded[key] = retriever
-            else:
-                self._loaded[key] = ActivityRetriever.from_pretrained(path)
-        return self._loaded[key]
+        if kind == "fashionbert":
+            # A small feature cache: the index holds the catalogue; only re-ranked candidates need patch features.
+            retriever = FashionRetriever.from_pretrained(path, rerank_top_n=self.rerank_top_n, cache_size=4 * self.rerank_top_n)
+            if self.catalogue is not None:
+                self.catalogue.open_image_index(retriever)
+                self._publish(key, retriever)  # text -> images answers from here on, while the captions are indexed
+                self.catalogue.open_caption_index(retriever)
+        else:
+            retriever = ActivityRetriever.from_pretrained(path)
+        self._publish(key, retriever)
+        return retriever
 
 
 def open_upload(path: str | os.PathLike, max_bytes: int) -> Any:

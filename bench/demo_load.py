@@ -6,11 +6,12 @@ resident memory before and after. The server is started once on the quickstart's
 saved by an earlier start) and warmed up with a few queries first. Queries are captions drawn from the catalogue.
 
     python bench/demo_load.py                                  # writes bench/results/demo_load.json
-    python bench/demo_load.py --clients 4 --seconds 20 --app_args --rerank_top_n 50
+    python bench/demo_load.py --clients 4 --seconds 20 --app_args "--concurrency_limit 2"
 """
 
 import json
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -71,13 +72,13 @@ def main() -> None:
     parser.add_argument("--warmup_queries", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800.0, help="Seconds to wait for the server to answer at start.")
-    parser.add_argument("--app_args", nargs="*", default=[], help="More app.py arguments (e.g. --rerank_top_n 50).")
+    parser.add_argument("--app_args", default="", help='More app.py arguments, in one string (e.g. "--concurrency_limit 2").')
     add_output_argument(parser, "demo_load")
     args = parser.parse_args()
     load_before = os.getloadavg()
     [catalogue] = [p for p in Path(args.catalogue_dir).glob("*/catalogue.json")]
     queries = sorted(set(json.loads(catalogue.read_text())["rows"]["captions"]))
-    arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir, "--no_activity", *args.app_args]
+    arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir, "--no_activity", *shlex.split(args.app_args)]
     result = {"model": args.model, "app_args": args.app_args, "top_k": args.top_k, "phases": []}
     log = Path(args.output).with_suffix(".server.log")
     with AppServer(ROOT, arguments, log) as server:

@@ -1,6 +1,8 @@
 """
-The `fashion-retrieval` pipeline under load in a plain transformers process (no xmodal at run time beyond the saved
-folder's remote code): N = 1, 4, 16 threads share one pipeline, each ranking `--candidates` catalogue images for a
+The `fashion-retrieval` pipeline under load in a plain transformers process (the pipeline, model and processor come
+from the folder's remote code through `trust_remote_code=True`; the folder is first re-saved into a temporary folder
+with this checkout's code files, so that the pipeline measured is the current one): N = 1, 4, 16 threads share one
+pipeline, each ranking `--candidates` catalogue images for a
 caption query, one call after the other, for `--seconds`. Per N: calls per second, p50 / p95 / p99 latency, errors,
 and this process's resident memory before and after (no growth beyond the first calls).
 
@@ -9,15 +11,18 @@ and this process's resident memory before and after (no growth beyond the first 
 
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-from transformers import pipeline
+from transformers import AutoProcessor, pipeline
 
+from xmodal import FashionBertForPreTraining
 from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
+from xmodal.hub import save_model_folder
 
 
 def resident_mb() -> float:
@@ -45,7 +50,9 @@ def main() -> None:
     picks = rng.choice(len(rows["files"]), 64 * args.candidates, replace=False)
     images = [PIL.Image.open(folder / rows["files"][i]).convert("RGB") for i in picks]  # decoded once, as a service would
     queries = [rows["captions"][i] for i in picks]
-    search = pipeline("fashion-retrieval", model=args.model, trust_remote_code=True, device="cpu")
+    refreshed = Path(tempfile.mkdtemp(prefix="pipeline_load_")) / "model"
+    save_model_folder(refreshed, FashionBertForPreTraining.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model))
+    search = pipeline("fashion-retrieval", model=str(refreshed), trust_remote_code=True, device="cpu")
     search(queries[0], candidate_images=images[: args.candidates], precision=args.precision)  # warm-up
     result = {"model": args.model, "candidates": args.candidates, "precision": args.precision, "phases": []}
     for clients in args.clients:

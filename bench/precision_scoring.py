@@ -27,6 +27,7 @@ from xmodal.benchmarking import add_output_argument, bench_parser, run_environme
 from xmodal.data.fashion_synthetic import make_fashion_dataset
 from xmodal.evaluation.fashion_retrieval import evaluate_fashion_retrieval
 from xmodal.retrieval import FashionRetriever
+from xmodal.retrieval.fashionbert import FIRST_STAGE_K
 from xmodal.training.fashionbert import QUICK_RECIPE, SYNTHETIC_NUM_PRODUCTS, SYNTHETIC_VIEWS_PER_PRODUCT
 from xmodal.training import DEFAULT_SEED
 
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--catalogue_dir", default="outputs/fashionbert/catalogue")
     parser.add_argument("--parts", nargs="+", default=["protocol", "catalogue", "speed"], choices=["protocol", "catalogue", "speed", "keep_rate"])
     parser.add_argument("--queries", type=int, default=200, help="Caption queries of the catalogue part.")
-    parser.add_argument("--depth", type=int, default=100, help="Re-rank depth of the catalogue part's searches.")
+    parser.add_argument("--depth", type=int, default=FIRST_STAGE_K, help="Re-rank depth of the catalogue part's searches (default: the library's and app.py's).")
     parser.add_argument("--pairs", type=int, default=256, help="Pairs per timing of the speed part.")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep_rate_queries", type=int, default=16)

@@ -256,3 +256,13 @@ def test_bad_arguments():
         make_fashion_dataset(num_products=0)
     with pytest.raises(ValueError, match="image_size"):
         render_garment(sample_garment_factors(np.random.default_rng(0)), 16)
+
+
+def test_rendering_in_worker_processes_gives_the_same_rows(monkeypatch):
+    from xmodal.data import fashion_synthetic
+
+    serial = fashion_synthetic.generate_fashion_columns(13, 2, 32, seed=5, show_progress=False)
+    monkeypatch.setattr(fashion_synthetic, "_PARALLEL_FROM_IMAGES", 1)  # every render in workers, in jobs of 4 products
+    monkeypatch.setattr(fashion_synthetic, "_RENDER_CHUNK", 4)
+    parallel = fashion_synthetic.generate_fashion_columns(13, 2, 32, seed=5, show_progress=False)
+    assert parallel == serial

@@ -924,6 +924,39 @@ def _check_split_fractions(split_fractions) -> tuple[list[str], list[float]]:
     return split_names, fractions
 
 
+# Products per rendering job, and the images from which the jobs go to one process per core (fewer: the start-up of the
+# workers would cost more than it saves).
+_RENDER_CHUNK = 250
+_PARALLEL_FROM_IMAGES = 2000
+
+
+def _render_products(job: tuple) -> list[tuple[int, str, dict, list[bytes]]]:
+    """`(i, caption, factors, [PNG per view])` of products `start..stop - 1` (their own random streams: see the module)."""
+    start, stop, subcategories, views_per_product, image_size, seed = job
+    out = []
+    for i, subcategory in zip(range(start, stop), subcategories):
+        rng = np.random.default_rng([seed, i, 0])
+        f = sample_garment_factors(rng, subcategory)
+        text = describe_garment(f, rng)
+        pngs = [_encode_png(render_garment(f, image_size, np.random.default_rng([seed, i, 1 + v]))) for v in range(views_per_product)]
+        out.append((i, text, asdict(f), pngs))
+    return out
+
+
+def _map_render(jobs: list[tuple], total_images: int):
+    """`_render_products` of each job, in order: in worker processes (forked, one per core) for large renders."""
+    import multiprocessing
+    import os
+
+    workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers < 2 or total_images < _PARALLEL_FROM_IMAGES or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(_render_products, jobs)
+        return
+    # fork: the workers inherit this module and only draw with numpy and PIL (no torch, no OpenMP).
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_render_products, jobs)
+
+
 def generate_fashion_columns(
     num_products: int = 2000, views_per_product: int = 3, image_size: int = 256, seed: int = 0,
     split_fractions: Sequence[float] | Mapping[str, float] = (0.8, 0.1, 0.1), show_progress: bool | None = None,
@@ -949,22 +982,20 @@ def generate_fashion_columns(
     columns: dict[str, list] = {name: [] for name in column_names}
     rows_of_split: dict[int, list[int]] = {k: [] for k in range(len(split_names))}
     width = max(5, len(str(num_products - 1)))
+    chunks = [range(start, min(start + _RENDER_CHUNK, num_products)) for start in range(0, num_products, _RENDER_CHUNK)]
+    jobs = [(chunk.start, chunk.stop, [names[subcats[i]] for i in chunk], views_per_product, image_size, seed) for chunk in chunks]
     with tqdm(total=total, desc="Rendering synthetic garments", disable=not show_progress, unit="img") as bar:
-        for i in range(num_products):
-            rng = np.random.default_rng([seed, i, 0])
-            f = sample_garment_factors(rng, names[subcats[i]])
-            text = describe_garment(f, rng)
-            factor_values = asdict(f)
-            for v in range(views_per_product):
-                image = render_garment(f, image_size, np.random.default_rng([seed, i, 1 + v]))
-                rows_of_split[int(split_of[i])].append(len(columns["text"]))
-                columns["image"].append({"bytes": _encode_png(image), "path": None})
-                columns["text"].append(text)
-                columns["product_id"].append(f"syn-{i:0{width}d}")
-                columns["view"].append(v)
-                for name in FACTOR_COLUMNS:
-                    columns[name].append(factor_values[name])
-                bar.update(1)
+        for products in _map_render(jobs, total):
+            for i, text, factor_values, pngs in products:
+                for v, png in enumerate(pngs):
+                    rows_of_split[int(split_of[i])].append(len(columns["text"]))
+                    columns["image"].append({"bytes": png, "path": None})
+                    columns["text"].append(text)
+                    columns["product_id"].append(f"syn-{i:0{width}d}")
+                    columns["view"].append(v)
+                    for name in FACTOR_COLUMNS:
+                        columns[name].append(factor_values[name])
+                bar.update(len(pngs))
     return {
         name: {c: [values[r] for r in rows_of_split[k]] for c, values in columns.items()}
         for k, name in enumerate(split_names)
