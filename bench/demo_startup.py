@@ -4,10 +4,10 @@ How long app.py takes to be usable, and how long a text query takes through the 
 Starts (app.py with its defaults, the MAP-IVR tab included): the first start (a fresh `--catalogue_dir`: it renders the
 10,000-product catalogue and builds the checkpoint's image and caption indexes) and the second (it loads them), each timed from the launch to the page's first HTTP 200
 ("page") and to the first answered "Text -> images" search through the page's API ("usable"; a search sent during
-start-up waits for the image index). Queries: `--queries` captions of the catalogue, one after the other, through
-the page (Gradio's client, the `/search_images` API the page calls, result files not downloaded) and, in this
-process, through `FashionRetriever.search_images` alone on the index the app saved (the same text embedding, first
-stage and re-ranking of `--rerank_top_n` candidates); the difference is what the page adds.
+start-up waits for the image index). Queries: `--queries` captions of the catalogue, one after the other, each
+through the page (Gradio's client, the `/search_images` API the page calls, result files not downloaded) and then,
+in this process, through `FashionRetriever.search_images` alone on the index the app saved (the same text embedding,
+first stage and re-ranking of `--rerank_top_n` candidates); the difference is what the page adds.
 
     python bench/demo_startup.py --catalogue_dir /tmp/demo_catalogue           # both starts + queries
     python bench/demo_startup.py --catalogue_dir outputs/fashionbert/catalogue --only_queries
@@ -38,36 +38,33 @@ def timed_start(arguments: list[str], log: Path, model: str, query: str, timeout
         return {"page_seconds": page, "usable_seconds": usable, "resident_mb": server.resident_mb()}
 
 
-def page_queries(arguments: list[str], log: Path, model: str, queries: list[str], timeout: float) -> list[float]:
-    """Seconds per query through the page's API, one after the other (after two warm-up queries)."""
-    with AppServer(ROOT, arguments, log) as server:
-        server.wait_for_page(timeout)
-        client = server.client()
-        server.wait_for_answer(lambda c: c.predict(model, "red dress", 5, api_name="/search_images"), timeout)
-        client.predict(model, "black coat", 5, api_name="/search_images")
-        timings = []
-        for query in queries:
-            started = time.perf_counter()
-            client.predict(model, query, 5, api_name="/search_images")
-            timings.append(time.perf_counter() - started)
-        return timings
-
-
-def api_queries(model: str, catalogue_dir: str, rerank_top_n: int, queries: list[str]) -> list[float]:
-    """Seconds per query of `FashionRetriever.search_images` alone (the app's settings), on the index the app saved."""
+def query_seconds(arguments: list[str], log: Path, model: str, catalogue_dir: str, rerank_top_n: int,
+                  queries: list[str], timeout: float) -> tuple[list[float], list[float]]:
+    """
+    Seconds per query through the page's API and through `FashionRetriever.search_images` alone (the app's settings,
+    on the index the app saved), interleaved query by query so that both see the same machine (after warm-ups).
+    """
     retriever = FashionRetriever.from_pretrained(model, rerank_top_n=rerank_top_n, cache_size=4 * rerank_top_n)
     folders = [f for f in Path(catalogue_dir).glob("*/index-*/images") if f.parent.name.endswith(retriever.model_fingerprint.split(":")[-1][:16])]
     if len(folders) != 1:
         raise SystemExit(f"{catalogue_dir}: expected one saved index of {model}, found {len(folders)}")
     retriever.load_index(folders[0])
-    for warm in ("red dress", "black coat"):
-        retriever.search_images(warm, top_k=5, first_stage_k=rerank_top_n)
-    timings = []
-    for query in queries:
-        started = time.perf_counter()
-        retriever.search_images(query, top_k=5, first_stage_k=rerank_top_n)
-        timings.append(time.perf_counter() - started)
-    return timings
+    with AppServer(ROOT, arguments, log) as server:
+        server.wait_for_page(timeout)
+        client = server.client()
+        server.wait_for_answer(lambda c: c.predict(model, "red dress", 5, api_name="/search_images"), timeout)
+        for warm in ("black coat", "white shirt"):
+            client.predict(model, warm, 5, api_name="/search_images")
+            retriever.search_images(warm, top_k=5, first_stage_k=rerank_top_n)
+        page, alone = [], []
+        for query in queries:
+            started = time.perf_counter()
+            client.predict(model, query, 5, api_name="/search_images")
+            page.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            retriever.search_images(query, top_k=5, first_stage_k=rerank_top_n)
+            alone.append(time.perf_counter() - started)
+        return page, alone
 
 
 def main() -> None:
@@ -104,8 +101,8 @@ def main() -> None:
     captions = sorted(set(json.loads(catalogue.read_text())["rows"]["captions"]))
     queries = [captions[i] for i in np.random.default_rng(0).choice(len(captions), args.queries, replace=False)]
     result["rerank_top_n"] = rerank_top_n
-    result["page_query_seconds"] = summary(page_queries([*arguments, "--no_activity"], log_dir / "queries.log", args.model, queries, args.timeout))
-    result["api_query_seconds"] = summary(api_queries(args.model, args.catalogue_dir, rerank_top_n, queries))
+    page, alone = query_seconds([*arguments, "--no_activity"], log_dir / "queries.log", args.model, args.catalogue_dir, rerank_top_n, queries, args.timeout)
+    result["page_query_seconds"], result["api_query_seconds"] = summary(page), summary(alone)
     page, api = result["page_query_seconds"], result["api_query_seconds"]
     print(f"query through the page: p50 {page['p50']:.2f} s, p95 {page['p95']:.2f} s; search alone: p50 {api['p50']:.2f} s, p95 {api['p95']:.2f} s", flush=True)
     result["environment"] = run_environment(load_before)  # the app's threads: OMP_NUM_THREADS as inherited
