@@ -1,6 +1,6 @@
 """
 app.py under load: N = 1, 4, 16 concurrent clients each sending text queries ("Text -> images", the page's
-`/search_images` API through Gradio's client, as the page does) one after the other for `--seconds`, against one
+`/search_images` API over plain HTTP as Gradio documents it, `AppServer.call`; the page's own requests go the same way) one after the other for `--seconds`, against one
 running server. Per N: throughput (answered queries per second), p50 / p95 / p99 latency, errors, and the server's
 resident memory before and after. The server is started once on the quickstart's folder and catalogue (its indexes
 saved by an earlier start) and warmed up with a few queries first. Queries are captions drawn from the catalogue.
@@ -30,11 +30,10 @@ def percentiles(seconds: list[float]) -> dict:
 
 
 def drive(server: AppServer, model: str, queries: list[str], clients: int, seconds: float, top_k: int, seed: int) -> dict:
-    """`clients` threads, each with its own Gradio client, querying until `seconds` have passed."""
+    """`clients` threads, each querying over its own HTTP connections until `seconds` have passed."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    connected = [server.client() for _ in range(clients)]  # connecting is not part of the timing
     deadline = time.monotonic() + seconds
 
     def worker(number: int) -> None:
@@ -43,7 +42,7 @@ def drive(server: AppServer, model: str, queries: list[str], clients: int, secon
             query = queries[int(rng.integers(len(queries)))]
             started = time.perf_counter()
             try:
-                connected[number].predict(model, query, top_k, api_name="/search_images")
+                server.call("search_images", model, query, top_k)
             except Exception as error:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(f"{type(error).__name__}: {error}"[:200])
@@ -83,13 +82,10 @@ def main() -> None:
     log = Path(args.output).with_suffix(".server.log")
     with AppServer(ROOT, arguments, log) as server:
         result["page_seconds"] = server.wait_for_page(args.timeout)
-        result["first_answer_seconds"] = server.wait_for_answer(
-            lambda client: client.predict(args.model, queries[0], args.top_k, api_name="/search_images"), args.timeout
-        )
+        result["first_answer_seconds"] = server.wait_for_answer(args.timeout, "search_images", args.model, queries[0], args.top_k)
         print(f"page up after {result['page_seconds']:.1f} s, first answer after {result['first_answer_seconds']:.1f} s", flush=True)
-        warm = server.client()
         for query in queries[1 : 1 + args.warmup_queries]:
-            warm.predict(args.model, query, args.top_k, api_name="/search_images")
+            server.call("search_images", args.model, query, args.top_k)
         for clients in args.clients:
             before = server.resident_mb()
             phase = drive(server, args.model, queries, clients, args.seconds, args.top_k, args.seed)

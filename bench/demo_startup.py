@@ -5,7 +5,7 @@ Starts (app.py with its defaults, the MAP-IVR tab included): the first start (a 
 10,000-product catalogue and builds the checkpoint's image and caption indexes) and the second (it loads them), each timed from the launch to the page's first HTTP 200
 ("page") and to the first answered "Text -> images" search through the page's API ("usable"; a search sent during
 start-up waits for the image index). Queries: `--queries` captions of the catalogue, one after the other, each
-through the page (Gradio's client, the `/search_images` API the page calls, result files not downloaded) and then,
+through the page (its `/search_images` API over HTTP, `AppServer.call`; result files not downloaded) and then,
 in this process, through `FashionRetriever.search_images` alone on the index the app saved (the same text embedding,
 first stage and re-ranking of `--rerank_top_n` candidates); the difference is what the page adds.
 
@@ -34,7 +34,7 @@ def summary(seconds: list[float]) -> dict:
 def timed_start(arguments: list[str], log: Path, model: str, query: str, timeout: float) -> dict:
     with AppServer(ROOT, arguments, log) as server:
         page = server.wait_for_page(timeout)
-        usable = server.wait_for_answer(lambda client: client.predict(model, query, 5, api_name="/search_images"), timeout)
+        usable = server.wait_for_answer(timeout, "search_images", model, query, 5)
         return {"page_seconds": page, "usable_seconds": usable, "resident_mb": server.resident_mb()}
 
 
@@ -51,15 +51,14 @@ def query_seconds(arguments: list[str], log: Path, model: str, catalogue_dir: st
     retriever.load_index(folders[0])
     with AppServer(ROOT, arguments, log) as server:
         server.wait_for_page(timeout)
-        client = server.client()
-        server.wait_for_answer(lambda c: c.predict(model, "red dress", 5, api_name="/search_images"), timeout)
+        server.wait_for_answer(timeout, "search_images", model, "red dress", 5)
         for warm in ("black coat", "white shirt"):
-            client.predict(model, warm, 5, api_name="/search_images")
+            server.call("search_images", model, warm, 5)
             retriever.search_images(warm, top_k=5, first_stage_k=rerank_top_n)
         page, alone = [], []
         for query in queries:
             started = time.perf_counter()
-            client.predict(model, query, 5, api_name="/search_images")
+            server.call("search_images", model, query, 5)
             page.append(time.perf_counter() - started)
             started = time.perf_counter()
             retriever.search_images(query, top_k=5, first_stage_k=rerank_top_n)
