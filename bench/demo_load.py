@@ -12,6 +12,7 @@ saved by an earlier start) and warmed up with a few queries first. Queries are c
 import json
 import os
 import shlex
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def main() -> None:
     queries = sorted(set(json.loads(catalogue.read_text())["rows"]["captions"]))
     arguments = ["--fashionbert_model", args.model, "--catalogue_dir", args.catalogue_dir, "--no_activity", *shlex.split(args.app_args)]
     result = {"model": args.model, "app_args": args.app_args, "top_k": args.top_k, "phases": []}
-    log = Path(args.output).with_suffix(".server.log")
+    log = Path(tempfile.gettempdir()) / f"{Path(args.output).stem}.server.log"  # not beside the results
     with AppServer(ROOT, arguments, log) as server:
         result["page_seconds"] = server.wait_for_page(args.timeout)
         result["first_answer_seconds"] = server.wait_for_answer(args.timeout, "search_images", args.model, queries[0], args.top_k)
