@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerank_top_n", type=int, default=RERANK_TOP_N, help="FashionBERT: the index's nearest candidates the cross-encoder re-ranks per query.")
     parser.add_argument("--no_fashion", action="store_true", help="Skip the FashionBERT tabs (and rendering and indexing their catalogue).")
     parser.add_argument("--no_activity", action="store_true", help="Skip the MAP-IVR tab (and building its gallery).")
-    parser.add_argument("--concurrency_limit", type=int, default=2, help="Searches run at once (Gradio's queue; the rest wait in it). 2 overlaps one search's Python and page work with another's model passes: on 2 cores, 4 clients got 2.2 queries/s with 1 and 3.0 with 2 (bench/demo_load.py).")
+    parser.add_argument("--concurrency_limit", type=int, default=2, help="Searches run at once (Gradio's queue; the rest wait in it). 2 overlaps one search's Python and page work with another's model passes: on 2 cores, 4 clients got 2.55 queries/s with 1 and 3.16 with 2 (bench/demo_load.py).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on. Beyond loopback the page's checkpoints are fixed to the two above (see --allow_checkpoint_change).")
     parser.add_argument("--allow_checkpoint_change", action="store_true", help="Let visitors load another checkpoint folder or Hub repo id through the page and its API also when served beyond loopback (they can then make the server read its disk or download models).")
     parser.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="Largest image upload accepted, in MB (decoded under Pillow's decompression-bomb limit).")
@@ -382,7 +382,8 @@ def search_threads(count: int) -> Callable[[Callable], Callable]:
     """
     A decorator that runs a handler on one of `count` threads kept for the searches. Gradio calls handlers from a pool
     of up to 40 threads; each thread that runs the model grows its own allocator arena, so under load the server's
-    memory grew with every new thread (measured: 0.9 -> 2.9 GB at 16 clients); on a fixed few threads it stays bounded.
+    memory grew with every new thread (bench/demo_load.py at commit 46c8258: 0.9 -> 2.9 GB at 16 clients); on a fixed few
+    threads it levels off (1.6 GB).
     """
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=count, thread_name_prefix="xmodal-search")
 

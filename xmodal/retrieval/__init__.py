@@ -39,7 +39,7 @@ FashionBERT is a cross-encoder: every (text, image) pair needs one forward pass.
 ```python
 retriever.build_index(catalogue_paths)              # image embeddings, once
 retriever.save_index("outputs/catalogue_index")      # later: retriever.load_index("outputs/catalogue_index")
-retriever.search_images("red silk dress", top_k=10, first_stage_k=100)
+retriever.search_images("red silk dress", top_k=10)        # re-ranks the index's 50 nearest (FIRST_STAGE_K)
 ```
 
 MAP-IVR is a dual encoder: `ActivityRetriever` encodes the video gallery once (`MapIvrModel.encode_videos`, cached by
