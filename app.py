@@ -299,9 +299,11 @@ class ModelCache:
     typed in the page or sent to its API, is refused before anything is read or downloaded.
     """
 
-    def __init__(self, rerank_top_n: int, catalogue: FashionCatalogue | None = None, fixed_paths: dict[str, str] | None = None):
+    def __init__(self, rerank_top_n: int, catalogue: FashionCatalogue | None = None, fixed_paths: dict[str, str] | None = None,
+                 status: StartupStatus | None = None):
         self.rerank_top_n = rerank_top_n
         self.catalogue = catalogue
+        self.status = status  # told when a start-up load moves on (the page shows it)
         self.fixed_paths = None if fixed_paths is None else {kind: path.strip() for kind, path in fixed_paths.items()}
         self._loaded: dict[tuple[str, str], Any] = {}
         # Checkpoints being loaded, and the condition their loaders notify: a search for one waits until it is usable
@@ -352,6 +354,8 @@ class ModelCache:
             if self.catalogue is not None:
                 self.catalogue.open_image_index(retriever)
                 self._publish(key, retriever)  # text -> images answers from here on, while the captions are indexed
+                if self.status is not None and not self.status.done:
+                    self.status.stage = "\"Text -> images\" is ready; loading the caption index (\"Image -> captions\" waits for it)"
                 self.catalogue.open_caption_index(retriever)
         else:
             retriever = ActivityRetriever.from_pretrained(path)
@@ -633,7 +637,7 @@ def serve(args: argparse.Namespace, models: ModelCache, fashion: FashionCatalogu
     waits): the default FashionBERT checkpoint with its catalogue indexes (built the first time), then the activity
     gallery.
     """
-    status = StartupStatus()
+    status = models.status = StartupStatus()
     demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models,
                       args.max_upload_mb, status, args.concurrency_limit)  # fmt: skip
     demo.queue(default_concurrency_limit=args.concurrency_limit).launch(

@@ -104,6 +104,11 @@ def take_screenshot(url: str, args, chromium: str, chromedriver: str) -> int:
 
         images = wait.until(loaded_images)
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#text-note").text.strip() or False)
+        # A first start answers before it is done (the captions, the activity gallery): the page's start-up line
+        # empties once it is, and the picture shows the page as a later visitor sees it.
+        WebDriverWait(driver, args.start_timeout).until(
+            lambda d: all(not e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, "#startup-status"))
+        )
         # The pointer off the tiles (the click left it where a tile now is, which highlights it), then the page from
         # its top (title, tabs, query) down to the result tiles: scrolled only as far as the tiles need, never past
         # the query's box.
