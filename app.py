@@ -27,9 +27,9 @@ import os
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 
@@ -430,7 +430,7 @@ def build_demo(
     the caller load the default checkpoints beforehand; when its `fixed_paths` are set the checkpoint fields are
     read-only (and the handlers refuse other paths). Uploads over `max_upload_mb` are refused with a message. While
     `status` is not done, the page shows what start-up is doing. The searches run on `concurrency_limit` threads of
-    their own, whatever thread Gradio calls them from (see `on_search_threads`).
+    their own, whatever thread Gradio calls them from (see `search_threads`).
     """
     import gradio as gr
     import numpy as np
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
         from xmodal.data.activity_synthetic import ACTIVITY_CLASSES
 
         activity = Deferred(size=args.videos_per_class * len(ACTIVITY_CLASSES))
-    serve(args, ModelCache(args.rerank_top_n, fashion, fixed), fashion, activity)
+    serve(args, ModelCache(args.rerank_top_n, fashion, fixed, status=StartupStatus()), fashion, activity)
 
 
 def serve(args: argparse.Namespace, models: ModelCache, fashion: FashionCatalogue | None, activity: Deferred | None) -> None:
@@ -637,7 +637,7 @@ def serve(args: argparse.Namespace, models: ModelCache, fashion: FashionCatalogu
     waits): the default FashionBERT checkpoint with its catalogue indexes (built the first time), then the activity
     gallery.
     """
-    status = models.status = StartupStatus()
+    status = models.status
     demo = build_demo(fashion, activity, args.fashionbert_model, args.map_ivr_model, args.rerank_top_n, models,
                       args.max_upload_mb, status, args.concurrency_limit)  # fmt: skip
     demo.queue(default_concurrency_limit=args.concurrency_limit).launch(

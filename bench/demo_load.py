@@ -13,53 +13,20 @@ import json
 import os
 import shlex
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import numpy as np
-
-from xmodal.benchmarking import AppServer, add_output_argument, bench_parser, run_environment, write_json
+from xmodal.benchmarking import AppServer, add_output_argument, bench_parser, drive_clients, run_environment, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def percentiles(seconds: list[float]) -> dict:
-    if not seconds:
-        return {}
-    return {f"p{q}": float(np.percentile(seconds, q)) for q in (50, 95, 99)}
-
-
 def drive(server: AppServer, model: str, queries: list[str], clients: int, seconds: float, top_k: int, seed: int) -> dict:
-    """`clients` threads, each querying over its own HTTP connections until `seconds` have passed."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def worker(number: int) -> None:
-        rng = np.random.default_rng([seed, clients, number])
-        while time.monotonic() < deadline:
-            query = queries[int(rng.integers(len(queries)))]
-            started = time.perf_counter()
-            try:
-                server.call("search_images", model, query, top_k)
-            except Exception as error:  # noqa: BLE001 - counted and reported
-                with lock:
-                    errors.append(f"{type(error).__name__}: {error}"[:200])
-                continue
-            with lock:
-                latencies.append(time.perf_counter() - started)
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started  # until the last query in flight at the deadline came back
-    return {"clients": clients, "seconds": elapsed, "answered": len(latencies), "queries_per_second": len(latencies) / elapsed,
-            "latency_seconds": percentiles(latencies), "errors": len(errors), "error_examples": errors[:3]}  # fmt: skip
+    """`clients` threads, each sending random catalogue captions over HTTP until `seconds` have passed."""
+    phase = drive_clients(
+        lambda rng: server.call("search_images", model, queries[int(rng.integers(len(queries)))], top_k), clients, seconds, seed
+    )
+    phase["queries_per_second"] = phase.pop("per_second")
+    return phase
 
 
 def main() -> None:

@@ -12,8 +12,6 @@ and this process's resident memory before and after (no growth beyond the first 
 import json
 import os
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +19,8 @@ import PIL.Image
 from transformers import AutoProcessor, pipeline
 
 from xmodal import FashionBertForPreTraining
-from xmodal.benchmarking import add_output_argument, bench_parser, run_environment, write_json
+from xmodal.benchmarking import add_output_argument, bench_parser, drive_clients, resident_mb, run_environment, write_json
 from xmodal.hub import save_model_folder
-
-
-def resident_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -56,34 +47,15 @@ def main() -> None:
     search(queries[0], candidate_images=images[: args.candidates], precision=args.precision)  # warm-up
     result = {"model": args.model, "candidates": args.candidates, "precision": args.precision, "phases": []}
     for clients in args.clients:
-        latencies, errors, lock = [], [], threading.Lock()
-        deadline = time.monotonic() + args.seconds
         before = resident_mb()
 
-        def worker(number: int) -> None:
-            local = np.random.default_rng([clients, number])
-            while time.monotonic() < deadline:
-                start = int(local.integers(64)) * args.candidates
-                started = time.perf_counter()
-                try:
-                    search(queries[start], candidate_images=images[start : start + args.candidates], top_k=5, precision=args.precision)
-                except Exception as error:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(f"{type(error).__name__}: {error}"[:200])
-                    continue
-                with lock:
-                    latencies.append(time.perf_counter() - started)
+        def call(rng) -> None:
+            start = int(rng.integers(64)) * args.candidates
+            search(queries[start], candidate_images=images[start : start + args.candidates], top_k=5, precision=args.precision)
 
-        started = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - started
-        phase = {"clients": clients, "seconds": elapsed, "calls": len(latencies), "calls_per_second": len(latencies) / elapsed,
-                 "latency_seconds": {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)} if latencies else {},
-                 "errors": len(errors), "error_examples": errors[:3], "resident_mb_before": before, "resident_mb_after": resident_mb()}  # fmt: skip
+        phase = drive_clients(call, clients, args.seconds)
+        phase["calls"], phase["calls_per_second"] = phase.pop("answered"), phase.pop("per_second")
+        phase.update(resident_mb_before=before, resident_mb_after=resident_mb())
         result["phases"].append(phase)
         lat = phase["latency_seconds"]
         print(f"N={clients}: {phase['calls_per_second']:.2f} calls/s, p50 {lat.get('p50', float('nan')):.2f} s, p95 {lat.get('p95', float('nan')):.2f} s, "

@@ -25,8 +25,8 @@ from pathlib import Path
 
 
 __all__ = [
-    "AppServer", "add_output_argument", "add_speed_arguments", "bench_parser", "free_port", "log_tail", "run_environment",
-    "start_speed_run", "write_json",
+    "AppServer", "add_output_argument", "add_speed_arguments", "bench_parser", "drive_clients", "free_port",
+    "latency_percentiles", "log_tail", "resident_mb", "run_environment", "start_speed_run", "write_json",
 ]
 
 THREADS_HELP = "torch threads (1: steadiest on a shared machine)."
@@ -73,6 +73,62 @@ def write_json(path: str | os.PathLike, result: dict, sort_keys: bool = True) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def latency_percentiles(seconds: list[float]) -> dict[str, float]:
+    """`{"p50", "p95", "p99"}` of a list of latencies in seconds (empty when there are none)."""
+    import numpy as np
+
+    return {f"p{q}": float(np.percentile(seconds, q)) for q in (50, 95, 99)} if seconds else {}
+
+
+def drive_clients(call, clients: int, seconds: float, seed: int = 0) -> dict:
+    """
+    `clients` threads, each calling `call(rng)` (`rng`: its own `numpy.random.Generator`, seeded from `seed`, `clients`
+    and its number) one call after the other until `seconds` have passed. Returns the phase: `clients`, `seconds`
+    (until the last call in flight at the deadline came back), `answered`, `per_second`, `latency_seconds`
+    (`latency_percentiles`), `errors` and up to three `error_examples`.
+    """
+    import threading
+    import time
+
+    import numpy as np
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker(number: int) -> None:
+        rng = np.random.default_rng([seed, clients, number])
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                call(rng)
+            except Exception as error:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(f"{type(error).__name__}: {error}"[:200])
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    return {"clients": clients, "seconds": elapsed, "answered": len(latencies), "per_second": len(latencies) / elapsed,
+            "latency_seconds": latency_percentiles(latencies), "errors": len(errors), "error_examples": errors[:3]}  # fmt: skip
+
+
+def resident_mb(pid: int | str = "self") -> float:
+    """The resident memory (VmRSS, Linux) of process `pid` (default: this one), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -186,10 +242,7 @@ class AppServer:
 
     def resident_mb(self) -> float:
         """The server's resident memory (VmRSS, Linux), in MB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return resident_mb(self.process.pid)
 
     def stop(self) -> None:
         import subprocess
