@@ -554,3 +554,79 @@ def test_fashion_retrieval_pipeline_runs_with_remote_code_only(
             assert [r["index"] for r in ranking] == order, (name, i)
             assert [r["text"] for r in ranking] == [PIPELINE_TEXTS[k] for k in order]
             assert [r["score"] for r in ranking] == pytest.approx(expected[order, i].tolist(), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- CNN patch encoders, without xmodal
+
+CHILD_CNN = CHILD_PRELUDE + r"""
+environment = report_environment()
+if environment["import_error"] is None:
+    sys.exit("xmodal is importable in the isolated interpreter")
+import PIL.Image
+import torch
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, AutoModel
+
+torch.set_num_threads(1)
+photo, folders = sys.argv[4], sys.argv[5:]
+tensors, classes = {}, {}
+for folder in folders:
+    name = os.path.basename(folder)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    pixels = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)(PIL.Image.open(photo), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        tensors[f"{name}.patch_features"] = model.get_patch_features(pixels).contiguous()
+        tensors[f"{name}.image_embeddings"] = model.get_image_embeddings(pixel_values=pixels).contiguous()
+    classes[name] = [type(model).__module__, type(model.patch_encoder).__module__ + "." + type(model.patch_encoder).__name__]
+save_file(tensors, os.path.join(out_dir, "outputs.safetensors"))
+write_report({**report_environment(), "classes": classes, "xmodal_modules": [m for m in sys.modules if m.startswith("xmodal")]})
+"""
+
+
+def test_cnn_patch_encoder_folders_embed_a_photo_alike_without_xmodal(isolated_site, tmp_path, one_thread):
+    """A FashionBERT around each CNN family (the packaged ImageNet MobileNetV2; tiny random ones for the others),
+    saved as train.py saves it, loads with remote code alone and embeds a real photo with the same numbers."""
+    from transformers import AutoConfig, BertTokenizer
+
+    from test_patch_encoders import TINY_CNNS
+    from xmodal import FashionBertConfig, FashionBertImageProcessor, FashionBertProcessor
+    from xmodal.pretrained import packaged_patch_encoder
+
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the real photographs")
+    photo = Path(skimage_data.data_dir) / "chelsea.png"
+    (tmp_path / "vocab").mkdir()
+    (tmp_path / "vocab" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat"]) + "\n")
+    tokenizer = BertTokenizer.from_pretrained(tmp_path / "vocab")
+    folders, expected = [], {}
+    for family, cnn in TINY_CNNS.items():
+        weights = packaged_patch_encoder(family)
+        image_size = 256 if weights else 64
+        config = FashionBertConfig(
+            vocab_size=6, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+            max_position_embeddings=16, image_size=image_size, patch_grid=4 if image_size == 64 else 8,
+            patch_encoder_type=family, patch_encoder_config=AutoConfig.from_pretrained(weights) if weights else cnn,
+            patch_feature_mode="grid", contrastive_projection_dim=8,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = FashionBertModel(config).eval()
+        if weights:
+            model.load_patch_encoder_weights(weights)
+        processor = FashionBertProcessor(FashionBertImageProcessor(image_size=image_size, patch_grid=config.patch_grid), tokenizer)
+        save_model_folder(tmp_path / family, model, processor)
+        folders.append(str(tmp_path / family))
+        pixels = processor.image_processor(PIL.Image.open(photo), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            expected[f"{family}.patch_features"] = model.get_patch_features(pixels)
+            expected[f"{family}.image_embeddings"] = model.get_image_embeddings(pixel_values=pixels)
+    child = tmp_path / "child"
+    child.mkdir()
+    report = run_child(CHILD_CNN, isolated_site, "cnn", child, str(photo), *folders)
+    assert_isolated(report, isolated_site)
+    assert report["xmodal_modules"] == []
+    actual = load_file(child / "outputs.safetensors")
+    assert actual.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+    for family, (module, patch_encoder) in report["classes"].items():
+        assert module.startswith("transformers_modules.")
+        assert patch_encoder.startswith(f"transformers.models.{family}.modeling_{family}."), patch_encoder

@@ -131,6 +131,26 @@ def test_fashionbert_end_to_end_writes_a_loadable_hub_folder(tiny_bert, tmp_path
             assert picture.format == "PNG" and picture.width > picture.height > 0
 
 
+def test_fashionbert_trains_offline_on_the_packaged_imagenet_cnn(tiny_bert, tmp_path):
+    """`--patch_encoder_type mobilenet_v2`: xmodal's own ImageNet weights, no hub; the saved folder holds them."""
+    from safetensors.torch import load_file
+
+    from xmodal.pretrained import packaged_patch_encoder
+
+    extra = ("--patch_encoder_type", "mobilenet_v2", "--image_size", "64", "--patch_grid", "2", "--max_train_steps", "2")
+    result = run_train(fashion_args(tiny_bert, tmp_path / "run", *extra))
+    final = tmp_path / "run" / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["patch_encoder_type"] == "mobilenet_v2" and config["patch_feature_dim"] == 1280
+    assert config["patch_encoder_config"]["tf_padding"] is False and config["patch_feature_mode"] == "grid"
+    saved, packaged = load_file(final / "model.safetensors"), load_file(Path(packaged_patch_encoder("mobilenet_v2")) / "model.safetensors")
+    for name, tensor in packaged.items():
+        if name.startswith("mobilenet_v2."):
+            assert torch.equal(saved["bert.patch_encoder." + name.removeprefix("mobilenet_v2.")], tensor), name
+    assert "mobilenet_v2 (grid, weights: ImageNet, packaged with xmodal" in (final / "README.md").read_text()
+    assert "Rank@1/5/10" in result.stdout
+
+
 def test_two_fixed_step_runs_of_the_same_seed_give_identical_weights(tiny_bert, tmp_path):
     """The quick recipe trains a fixed number of steps (no time limit), mined negatives included: the same seed and
     command give the same model, bit for bit."""

@@ -9,6 +9,7 @@ only while the arguments are resolved (`--recipe`, `--model_type`), giving it ch
 import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -306,3 +307,37 @@ def test_both_training_modules_define_the_whole_interface():
         missing = [name for name in (*TRAINING_FUNCTIONS, "MODEL_CLASS", "SYNTHETIC_DATASET") if not hasattr(training, name)]
         assert not missing, f"{model_type} lacks {missing}"
         assert set(TRAINING_FUNCTIONS) <= set(training.__all__)
+
+
+def test_a_cnn_patch_encoder_gets_packaged_weights_grid_mode_and_its_image_size():
+    from xmodal.pretrained import packaged_patch_encoder
+
+    args = train.parse_args(["--patch_encoder_type", "mobilenet_v2"])
+    assert args.patch_encoder_name_or_path == packaged_patch_encoder("mobilenet_v2")
+    assert (args.patch_feature_mode, args.image_size) == ("grid", 256)  # 32 x 8: the stride-32 map is the 8x8 grid
+    # The family follows a checkpoint given alone; the paper's recipe crops each patch.
+    args = train.parse_args(["--patch_encoder_name_or_path", packaged_patch_encoder("mobilenet_v2"), "--recipe", "paper"])
+    assert (args.patch_encoder_type, args.patch_feature_mode) == ("mobilenet_v2", "crop")
+    assert train.parse_args(["--patch_encoder_type", "mobilenet_v2", "--patch_feature_mode", "crop", "--patch_crop_size", "64"]).patch_crop_size == 64
+    with pytest.warns(UserWarning, match="random weights"):
+        train.parse_args(["--patch_encoder_type", "convnext"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--patch_crop_size", "64"], "--patch_crop_size: applies only to a CNN --patch_encoder_type"),
+        (["--patch_encoder_type", "pixels", "--patch_feature_mode", "grid"], "--patch_feature_mode: applies only to a CNN"),
+        (["--patch_encoder_type", "mobilenet_v2", "--patch_crop_size", "64"], "--patch_crop_size: applies only to --patch_feature_mode crop"),
+        (["--patch_encoder_type", "resnet", "--patch_encoder_name_or_path", "PACKAGED"], "--patch_encoder_type is 'resnet' but --patch_encoder_name_or_path .* is a 'mobilenet_v2' checkpoint"),
+        (["--patch_encoder_name_or_path", "BERT"], "a 'bert' model, not one of the supported CNNs"),
+        (["--patch_encoder_name_or_path", "MISSING"], "--patch_encoder_name_or_path .*: no transformers config could be read there"),
+    ],
+)
+def test_patch_encoder_flags_that_do_not_fit_are_refused_in_one_line(argv, message, tiny_bert, tmp_path, capsys):  # noqa: F811
+    from xmodal.pretrained import packaged_patch_encoder
+
+    paths = {"PACKAGED": packaged_patch_encoder("mobilenet_v2"), "BERT": str(tiny_bert), "MISSING": str(tmp_path / "missing")}
+    error = refused([paths.get(token, token) for token in argv], capsys)
+    assert error is not None and error.count("\n") == 1, error
+    assert re.search(message, error), error

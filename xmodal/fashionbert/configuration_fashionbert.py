@@ -7,17 +7,67 @@ paper is the default and the code is an option; each field below says which is w
 """
 
 import dataclasses
+import math
 import os
+from collections.abc import Callable
 
 from huggingface_hub.dataclasses import strict
-from transformers import BertConfig, PreTrainedConfig, ResNetConfig
+from transformers import AutoConfig, BertConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
 __all__ = ["FashionBertConfig"]
 
-PATCH_ENCODER_TYPES = ("resnet", "pixels")
+
+def _last_stage_width(cnn: PreTrainedConfig) -> int:
+    return int(cnn.hidden_sizes[-1])
+
+
+def _staged_parameter_bound(cnn: PreTrainedConfig) -> int:
+    """An upper bound for stage-wise CNNs (ResNet, RegNet, ConvNeXt): a 7x7 stem, two 3x3 convolutions per block at
+    the wider width of its stage (bottlenecks, depthwise and grouped convolutions have fewer)."""
+    widths = [getattr(cnn, "embedding_size", cnn.hidden_sizes[0]), *cnn.hidden_sizes]
+    return 49 * cnn.num_channels * widths[0] + sum(
+        depth * 2 * 9 * max(a, b) ** 2 for depth, a, b in zip(cnn.depths, widths, widths[1:])
+    )
+
+
+def _mobilenet_v2_width(cnn: PreTrainedConfig) -> int:
+    """The channels of MobileNetV2Model's last 1x1 convolution, by transformers' own rule."""
+    from transformers.models.mobilenet_v2.modeling_mobilenet_v2 import apply_depth_multiplier
+
+    if cnn.finegrained_output and cnn.depth_multiplier < 1.0:
+        return 1280
+    return apply_depth_multiplier(cnn, 1280)
+
+
+def _mobilenet_v2_parameter_bound(cnn: PreTrainedConfig) -> int:
+    """An upper bound: 17 inverted residual blocks at the widest block's width (320 at multiplier 1), expanded."""
+    width = int(320 * max(cnn.depth_multiplier, 1.0)) + cnn.depth_divisible_by
+    expanded = math.ceil(cnn.expand_ratio) * width
+    return 17 * (2 * width * expanded + 10 * expanded) + 2 * _mobilenet_v2_width(cnn) * width
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnFamily:
+    """A transformers convolutional model usable as the frozen patch encoder: `AutoModel` builds it from its config and
+    returns `last_hidden_state` as `(batch, channels, height, width)`; `feature_dim` reads `channels` from the config."""
+
+    feature_dim: Callable[[PreTrainedConfig], int]
+    parameter_bound: Callable[[PreTrainedConfig], int]
+
+
+# The convolutional backbones a patch encoder can be, by `model_type` (= `patch_encoder_type`).
+CNN_PATCH_ENCODERS = {
+    "resnet": CnnFamily(_last_stage_width, _staged_parameter_bound),
+    "regnet": CnnFamily(_last_stage_width, _staged_parameter_bound),
+    "convnext": CnnFamily(_last_stage_width, _staged_parameter_bound),
+    "convnextv2": CnnFamily(_last_stage_width, _staged_parameter_bound),
+    "mobilenet_v2": CnnFamily(_mobilenet_v2_width, _mobilenet_v2_parameter_bound),
+}
+PATCH_ENCODER_TYPES = ("pixels", *CNN_PATCH_ENCODERS)
 PATCH_FEATURE_MODES = ("crop", "grid")
 MPM_KL_DIRECTIONS = ("paper", "code")
 TASK_WEIGHTINGS = ("gradient", "loss_softmax", "fixed")
@@ -100,28 +150,35 @@ class FashionBertConfig(PreTrainedConfig):
             patches of 32x32 pixels). `image_size` must be divisible by it. `num_patches` is `patch_grid ** 2`; patches
             are numbered row-major (row `r`, column `c` is patch `r * patch_grid + c`) in every mode.
         patch_encoder_type (`str`, defaults to `"resnet"`): what turns a patch into its feature vector.
-            - `"resnet"`: the paper's path, a frozen CNN, here transformers' `ResNetModel` built from
-              `patch_encoder_config` (ResNet-50 by default: the released code and model use ResNet-50, the paper text
-              says ResNeXt-101). It is never trained: load weights you have with
+            - a convolutional backbone of transformers, by its `model_type`: `"resnet"`, `"mobilenet_v2"`,
+              `"convnext"`, `"convnextv2"` or `"regnet"` (`CNN_PATCH_ENCODERS`): the paper's path, a frozen CNN
+              (`AutoModel` built from `patch_encoder_config`; the paper's code and model use ResNet-50, the paper text
+              says ResNeXt-101). It is never trained: load pretrained weights with
               `FashionBertModel.load_patch_encoder_weights` (or keep features precomputed and pass `patch_features`).
-              A frozen CNN without pretrained weights is nearly uninformative.
-            - `"pixels"`: no CNN; each patch's normalised pixels flattened channel-first (ViLT-style). The offline
-              default of this project's training script, because it needs no pretrained image weights.
-        patch_encoder_config (`ResNetConfig` or `dict`, *optional*): the ResNet's config when
-            `patch_encoder_type="resnet"` (ResNet-50 when omitted). Must be left unset for `"pixels"`.
-        patch_feature_mode (`str`, defaults to `"crop"`): how the ResNet produces the per-patch features.
+              A frozen CNN without pretrained weights is nearly uninformative. xmodal ships torchvision's ImageNet
+              MobileNetV2 as a transformers folder (`xmodal.pretrained.PACKAGED_PATCH_ENCODERS["mobilenet_v2"]`).
+            - `"pixels"`: no CNN; each patch's normalised pixels flattened channel-first (ViLT-style).
+        patch_encoder_config (`PreTrainedConfig` or `dict`, *optional*): the CNN's config when `patch_encoder_type`
+            names one (a dict may omit `model_type`); its transformers defaults when omitted (ResNet-50 for
+            `"resnet"`). Take it from the weights you will load (`AutoConfig.from_pretrained(path)`): e.g. the packaged
+            MobileNetV2 is torchvision's (PyTorch padding), not transformers' default (TensorFlow padding). Must be
+            left unset for `"pixels"`.
+        patch_feature_mode (`str`, defaults to `"crop"`): how the CNN produces the per-patch features.
             - `"crop"`: the paper's procedure: every patch is cut out, resized (bilinear) to
-              `patch_crop_size x patch_crop_size` and run through the CNN on its own; its feature is the pooled
-              output (global average pool of the last stage, 2048-d for ResNet-50; the released code's AvgPool).
+              `patch_crop_size x patch_crop_size` and run through the CNN on its own; its feature is the global average
+              of the last feature map (2048-d for ResNet-50, 1280-d for MobileNetV2; the released code's AvgPool).
             - `"grid"`: this project's addition, not in the paper or code: one CNN pass over the whole image, the last
-              stage's feature map adaptive-average-pooled to `patch_grid x patch_grid`, each cell one patch's
-              feature. About `num_patches` times less compute than `"crop"`, with a receptive field wider than a patch.
+              feature map average-pooled to `patch_grid x patch_grid`, each cell one patch's feature. About
+              `num_patches` times less compute than `"crop"`, with a receptive field wider than a patch. A stride-32
+              CNN's map is exactly the grid when `image_size == 32 * patch_grid` (256 for 8x8); a smaller map than the
+              grid repeats its cells (a warning says so).
             Ignored for `"pixels"`.
         patch_crop_size (`int`, defaults to 224): side each patch is resized to in `"crop"` mode (the CNN's
             ImageNet input size; the maintainers resize patches before extraction, EasyTransfer #10).
-        patch_feature_dim (`int`, *optional*): size of one patch's feature vector. `None` derives it: the ResNet's last
-            hidden size (`patch_encoder_config.hidden_sizes[-1]`, 2048 for ResNet-50) or `3 * (image_size // patch_grid)
-            ** 2` for `"pixels"`. An explicit value that disagrees with the encoder is an error.
+        patch_feature_dim (`int`, *optional*): size of one patch's feature vector. `None` derives it: the channels of the
+            CNN's last feature map, read from its config (`hidden_sizes[-1]` for ResNet, RegNet and ConvNeXt, 2048 for
+            ResNet-50; 1280 for MobileNetV2) or `3 * (image_size // patch_grid) ** 2` for `"pixels"`. An explicit value
+            that disagrees with the encoder is an error.
 
     Pretraining fields:
         mlm_probability (`float`, defaults to 0.15): share of text tokens the collator masks for MLM (whole-word
@@ -209,7 +266,7 @@ class FashionBertConfig(PreTrainedConfig):
 
     model_type = "fashionbert"
     sub_configs_defaults = {
-        "patch_encoder_config": SubConfigSpec(config_class=ResNetConfig, optional=True),
+        "patch_encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="resnet", optional=True),
     }
 
     # BERT fields: names and defaults identical to `transformers.BertConfig`.
@@ -257,8 +314,13 @@ class FashionBertConfig(PreTrainedConfig):
     sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
-        if self.patch_encoder_type == "resnet" and self.patch_encoder_config is None:
-            self.patch_encoder_config = ResNetConfig()  # ResNet-50, as the released code
+        cnn = self.patch_encoder_config
+        if self.patch_encoder_type in CNN_PATCH_ENCODERS and (cnn is None or isinstance(cnn, dict)):
+            # The family's transformers config (its defaults when None: ResNet-50 for "resnet", as the released code).
+            fields = {name: value for name, value in (cnn or {}).items() if name != "model_type"}
+            model_type = (cnn or {}).get("model_type", self.patch_encoder_type)
+            if model_type in CONFIG_MAPPING:
+                self.patch_encoder_config = CONFIG_MAPPING[model_type](**fields)
         super().__post_init__(**kwargs)
         if self.patch_feature_dim is None and not self._fashionbert_errors():
             self.patch_feature_dim = self.expected_patch_feature_dim
@@ -303,7 +365,7 @@ class FashionBertConfig(PreTrainedConfig):
         """The feature size the configured patch encoder produces."""
         if self.patch_encoder_type == "pixels":
             return 3 * self.patch_size**2
-        return int(self.patch_encoder_config.hidden_sizes[-1])
+        return CNN_PATCH_ENCODERS[self.patch_encoder_type].feature_dim(self.patch_encoder_config)
 
     def validate_fashionbert(self) -> None:
         """Strict-dataclass validator (also run by `save_pretrained`): one ValueError naming every bad field."""
@@ -367,13 +429,16 @@ class FashionBertConfig(PreTrainedConfig):
         if self.patch_encoder_type == "pixels" and self.patch_encoder_config is not None:
             errors.append(
                 "`patch_encoder_config` is set but `patch_encoder_type` is 'pixels' (no CNN); "
-                "set patch_encoder_type='resnet' to use it, or drop it."
+                "set patch_encoder_type to its model_type to use it, or drop it."
             )
-        if self.patch_encoder_type == "resnet" and self.patch_encoder_config is not None:
-            if getattr(self.patch_encoder_config, "model_type", None) != "resnet":
+        if self.patch_encoder_type in CNN_PATCH_ENCODERS:
+            model_type = getattr(self.patch_encoder_config, "model_type", None)
+            if isinstance(self.patch_encoder_config, dict):
+                model_type = self.patch_encoder_config.get("model_type")
+            if model_type != self.patch_encoder_type:
                 errors.append(
-                    "`patch_encoder_config` must be a ResNetConfig, got model_type "
-                    f"{getattr(self.patch_encoder_config, 'model_type', None)!r}."
+                    f"`patch_encoder_config` must be the config of a {self.patch_encoder_type!r} model "
+                    f"(patch_encoder_type), got model_type {model_type!r}."
                 )
         if self.patch_feature_dim is not None and not errors:
             if self.patch_feature_dim != self.expected_patch_feature_dim:
@@ -410,7 +475,7 @@ class FashionBertConfig(PreTrainedConfig):
     def _estimated_num_parameters(self) -> int:
         """
         The parameter count of `FashionBertForPreTraining` from the sizes alone (nothing is allocated): exact for the
-        pixel patch encoder; the ResNet's part is an upper bound (two 3x3 convolutions per block at the wider width).
+        pixel patch encoder; a CNN's part is its family's upper bound (`CnnFamily.parameter_bound`).
         """
         hidden, intermediate, feature_dim = self.hidden_size, self.intermediate_size, self.expected_patch_feature_dim
         embeddings = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size + 2) * hidden
@@ -419,12 +484,8 @@ class FashionBertConfig(PreTrainedConfig):
         pooler = (hidden + 1) * hidden
         heads = (hidden + 3) * hidden + self.vocab_size + 2 * (hidden + 1) + (hidden + 1) * feature_dim
         total = embeddings + patch_embeddings + self.num_hidden_layers * layer + pooler + heads
-        if self.patch_encoder_type == "resnet":
-            resnet = self.patch_encoder_config
-            widths = [resnet.embedding_size, *resnet.hidden_sizes]
-            total += 49 * 3 * resnet.embedding_size + sum(
-                depth * 2 * 9 * max(a, b) ** 2 for depth, a, b in zip(resnet.depths, widths, widths[1:])
-            )
+        if self.patch_encoder_type in CNN_PATCH_ENCODERS:
+            total += CNN_PATCH_ENCODERS[self.patch_encoder_type].parameter_bound(self.patch_encoder_config)
         return total
 
     @classmethod

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, ResNetModel
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -32,6 +32,7 @@ from transformers.models.bert.modeling_bert import (
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
+from transformers.utils import logging
 from transformers.utils.logging import tqdm
 from transformers.utils.output_capturing import capture_outputs
 
@@ -317,9 +318,27 @@ def _text_batch(
     return text.shape[0], text.shape[1], text.device
 
 
+logger = logging.get_logger(__name__)
+
+# Config fields of a CNN that do not change what its backbone computes from its weights: metadata, the classifier's,
+# training-only ones. Everything else must match between a patch encoder and the weights loaded into it.
+_NON_ARCHITECTURE_FIELDS = frozenset(
+    {"transformers_version", "_name_or_path", "model_type", "image_size", "initializer_range", "classifier_dropout_prob",
+     "semantic_loss_ignore_index", "drop_path_rate", "out_features", "out_indices", "stage_names"}
+)  # fmt: skip
+
+
 def _as_list(value):
     """Config values compare equal whether stored as list or tuple."""
     return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _architecture_differences(ours: PreTrainedConfig, theirs: PreTrainedConfig) -> list[tuple[str, object, object]]:
+    """`(field, ours, theirs)` for every architecture field two CNN configs disagree on."""
+    common = PreTrainedConfig().to_dict().keys()
+    ours, theirs = ours.to_dict(), theirs.to_dict()
+    names = sorted((ours.keys() | theirs.keys()) - _NON_ARCHITECTURE_FIELDS - common)
+    return [(name, ours.get(name), theirs.get(name)) for name in names if _as_list(ours.get(name)) != _as_list(theirs.get(name))]
 
 
 class FashionBertPixelPatchifier(nn.Module):
@@ -465,6 +484,16 @@ class FashionBertPreTrainedModel(PreTrainedModel):
         "attentions": BertSelfAttention,
     }
 
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False) -> None:
+        """
+        As `PreTrainedModel.set_attn_implementation`, but a CNN patch encoder (which has no attention, and some of
+        which refuse every implementation but eager) keeps its own unless `attn_implementation` is a dict naming it.
+        """
+        cnn = self.config.patch_encoder_config
+        if isinstance(attn_implementation, str) and cnn is not None:
+            attn_implementation = {"": attn_implementation, "patch_encoder_config": cnn._attn_implementation}
+        super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Normal(0, initializer_range) linears/embeddings, unit LayerNorms (base class), plus BERT's extras."""
         super()._init_weights(module)
@@ -488,8 +517,8 @@ class FashionBertModel(FashionBertPreTrainedModel):
     one BERT encoder over the concatenation, and BERT's pooler on `[CLS]` (or, with
     `alignment_pooling="text_patch_product"`, `FashionBertTextPatchPooler`).
 
-    Submodules: `embeddings` (`BertEmbeddings`), `patch_encoder` (frozen: `ResNetModel` for
-    `patch_encoder_type="resnet"`, a parameter-free patchifier for `"pixels"`), `patch_embeddings`, `encoder`
+    Submodules: `embeddings` (`BertEmbeddings`), `patch_encoder` (frozen: the CNN `patch_encoder_type` names, e.g.
+    `ResNetModel` or `MobileNetV2Model`; a parameter-free patchifier for `"pixels"`), `patch_embeddings`, `encoder`
     (`BertEncoder`), `pooler` (`BertPooler`). The patch encoder is never trained: its parameters have
     `requires_grad=False`, it stays in eval mode (BatchNorm statistics frozen) and runs under `no_grad`.
     """
@@ -501,10 +530,10 @@ class FashionBertModel(FashionBertPreTrainedModel):
         self.gradient_checkpointing = False
 
         self.embeddings = BertEmbeddings(config)
-        if config.patch_encoder_type == "resnet":
-            self.patch_encoder = ResNetModel(config.patch_encoder_config)
-        else:
+        if config.patch_encoder_type == "pixels":
             self.patch_encoder = FashionBertPixelPatchifier(config)
+        else:
+            self.patch_encoder = AutoModel.from_config(config.patch_encoder_config)
         self.patch_embeddings = FashionBertPatchEmbeddings(config)
         self.encoder = BertEncoder(config)
         if config.contrastive_projection_dim is not None:
@@ -575,6 +604,12 @@ class FashionBertModel(FashionBertPreTrainedModel):
         if config.patch_feature_mode == "grid":
             # This project's addition: one pass over the whole image, final feature map pooled to the patch grid.
             feature_map = self.patch_encoder(pixel_values=pixel_values, return_dict=True).last_hidden_state
+            if min(feature_map.shape[-2:]) < config.patch_grid:
+                logger.warning_once(
+                    f"the patch encoder's last feature map is {tuple(feature_map.shape[-2:])} for a {config.patch_grid}x"
+                    f"{config.patch_grid} patch grid: neighbouring patches share features (a stride-32 CNN needs "
+                    f"image_size >= {32 * config.patch_grid})."
+                )
             feature_map = F.adaptive_avg_pool2d(feature_map, (config.patch_grid, config.patch_grid))
             return feature_map.flatten(2).transpose(1, 2).contiguous()
 
@@ -589,8 +624,10 @@ class FashionBertModel(FashionBertPreTrainedModel):
                 mode="bilinear",
                 align_corners=False,
             )
-            pooled = self.patch_encoder(pixel_values=crops, return_dict=True).pooler_output
-            features.append(pooled.flatten(1))
+            # The global average of the last feature map (ResNet's and MobileNetV2's pooler; ConvNeXt's before its
+            # LayerNorm), so that a crop's feature is what grid mode averages over a cell.
+            feature_map = self.patch_encoder(pixel_values=crops, return_dict=True).last_hidden_state
+            features.append(feature_map.mean(dim=(-2, -1)))
         return torch.cat(features).reshape(batch_size, config.num_patches, -1)
 
     def _encode_alone(self, embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -686,40 +723,39 @@ class FashionBertModel(FashionBertPreTrainedModel):
 
     def load_patch_encoder_weights(self, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> None:
         """
-        Load a transformers ResNet checkpoint (`ResNetModel` or `ResNetForImageClassification`, safetensors only) into
-        the frozen patch encoder. Its architecture must equal `config.patch_encoder_config` (build the config with
-        `patch_encoder_config=ResNetConfig.from_pretrained(path)` for another ResNet).
+        Load a transformers checkpoint of the patch encoder's CNN (the bare model or its image classifier, e.g.
+        `ResNetForImageClassification`; safetensors only) into the frozen patch encoder. Its architecture must equal
+        `config.patch_encoder_config` (build the config with `patch_encoder_config=AutoConfig.from_pretrained(path)`).
 
         Args:
             pretrained_model_name_or_path: a local folder or a Hub repo name.
-            **kwargs: passed to `ResNetModel.from_pretrained` (e.g. `revision`, `local_files_only`).
+            **kwargs: passed to `AutoModel.from_pretrained` (e.g. `revision`, `local_files_only`).
         """
-        if self.config.patch_encoder_type != "resnet":
-            raise ValueError(
-                f"`patch_encoder_type` is {self.config.patch_encoder_type!r}: there is no CNN to load weights into."
+        patch_encoder_type = self.config.patch_encoder_type
+        if patch_encoder_type == "pixels":
+            raise ValueError("`patch_encoder_type` is 'pixels': there is no CNN to load weights into.")
+        # A classifier checkpoint's head is reported as unexpected: expected here, so the report is kept quiet.
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            source, info = AutoModel.from_pretrained(
+                pretrained_model_name_or_path, use_safetensors=True, output_loading_info=True, **kwargs
             )
-        source, info = ResNetModel.from_pretrained(
-            pretrained_model_name_or_path, use_safetensors=True, output_loading_info=True, **kwargs
-        )
-        ours, theirs = self.config.patch_encoder_config, source.config
-        for name in (
-            "num_channels",
-            "embedding_size",
-            "hidden_sizes",
-            "depths",
-            "layer_type",
-            "hidden_act",
-            "downsample_in_first_stage",
-            "downsample_in_bottleneck",
-        ):
-            if _as_list(getattr(ours, name)) != _as_list(getattr(theirs, name)):
-                raise ValueError(
-                    f"`patch_encoder_config.{name}` is {getattr(ours, name)!r} but the checkpoint "
-                    f"{pretrained_model_name_or_path!s} has {getattr(theirs, name)!r}."
-                )
+        finally:
+            logging.set_verbosity(verbosity)
+        if source.config.model_type != patch_encoder_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!s} is a {source.config.model_type!r} checkpoint but "
+                f"`patch_encoder_type` is {patch_encoder_type!r}."
+            )
+        for name, ours, theirs in _architecture_differences(self.config.patch_encoder_config, source.config)[:1]:
+            raise ValueError(
+                f"`patch_encoder_config.{name}` is {ours!r} but the checkpoint {pretrained_model_name_or_path!s} has "
+                f"{theirs!r} (build the config with patch_encoder_config=AutoConfig.from_pretrained(path))."
+            )
         if info["missing_keys"]:
             raise ValueError(
-                f"The ResNet checkpoint {pretrained_model_name_or_path!s} lacks weights: "
+                f"The {patch_encoder_type} checkpoint {pretrained_model_name_or_path!s} lacks weights: "
                 f"{sorted(info['missing_keys'])[:5]}..."
             )
         self.patch_encoder.load_state_dict(source.state_dict(), strict=True)

