@@ -62,6 +62,8 @@ def test_the_feature_size_is_read_from_the_config_as_the_model_computes_it(famil
     assert type(model.patch_encoder) is type(AutoModel.from_config(TINY_CNNS[family]))
     channels = model.patch_encoder(pixel_values=torch.zeros(1, 3, 64, 64)).last_hidden_state.shape[1]
     assert config.patch_feature_dim == channels
+    # A stage-wise config builds as many stages as it describes (here 2 of ResNet-50's 4 widths: 512 channels).
+    assert FashionBertConfig(**TINY_BERT, patch_encoder_type="resnet", patch_encoder_config=ResNetConfig(depths=[1, 1])).patch_feature_dim == 512
     # And for the families' default (full-size) configs, without building them.
     default = FashionBertConfig(**TINY_BERT, patch_encoder_type=family)
     assert type(default.patch_encoder_config).model_type == family
@@ -92,8 +94,16 @@ def test_the_patch_encoder_stays_frozen_and_the_model_attends_with_sdpa(family):
     model = tiny_model(family).train()
     assert not model.patch_encoder.training
     assert not any(p.requires_grad for p in model.patch_encoder.parameters())
-    model.set_attn_implementation("sdpa")  # the CNN has no attention: it keeps its own
-    assert model.config._attn_implementation == "sdpa"
+    for implementation in ("eager", "sdpa"):  # the CNN has no attention: it stays eager
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        assert model.patch_encoder.config._attn_implementation == "eager"
+
+
+def test_a_cnn_folder_loads_with_an_attention_implementation_asked_for(tmp_path):
+    tiny_model("mobilenet_v2").save_pretrained(tmp_path)
+    loaded = FashionBertModel.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert loaded.config._attn_implementation == "sdpa" and loaded.patch_encoder.config._attn_implementation == "eager"
 
 
 def test_a_feature_map_smaller_than_the_grid_says_so(caplog):
@@ -143,9 +153,21 @@ def test_the_config_keeps_the_family_through_dicts_and_overrides(tmp_path):
         FashionBertConfig(**TINY_BERT, patch_encoder_type="mobilenet_v2", patch_encoder_config=TINY_CNNS["resnet"])
     with pytest.raises(ValueError, match="patch_encoder_type"):
         FashionBertConfig(**TINY_BERT, patch_encoder_type="vit")
-    huge = ResNetConfig(hidden_sizes=[2**20, 2**20], depths=[2**10, 2**10])
-    with pytest.raises(ValueError, match="ceiling"):
-        FashionBertConfig(**TINY_BERT, patch_encoder_type="resnet", patch_encoder_config=huge)
+    for family, huge in (("resnet", {"hidden_sizes": [2**20, 2**20], "depths": [2**10, 2**10]}),
+                         ("convnext", {"patch_size": 2**16}), ("mobilenet_v2", {"min_depth": 2**15})):  # fmt: skip
+        with pytest.raises(ValueError, match="ceiling"):
+            FashionBertConfig(**TINY_BERT, patch_encoder_type=family, patch_encoder_config=huge)
+
+
+def test_the_checkpoint_s_labels_and_path_stay_out_of_the_patch_encoder_config():
+    weights = packaged_patch_encoder("mobilenet_v2")
+    config = FashionBertConfig(**TINY_BERT, patch_encoder_type="mobilenet_v2", patch_encoder_config=AutoConfig.from_pretrained(weights))
+    stored = config.to_diff_dict()["patch_encoder_config"]
+    assert not {"id2label", "label2id", "architectures", "_name_or_path"} & set(stored)
+    assert stored["tf_padding"] is False and weights not in str(config.to_dict())
+    # Overriding the family with a dict of the new family's fields does not merge them into the old one's.
+    switched = FashionBertConfig.from_dict(config.to_dict(), patch_encoder_type="convnext", patch_encoder_config={"hidden_sizes": [8, 12, 16, 20]})
+    assert type(switched.patch_encoder_config) is ConvNextConfig and switched.patch_feature_dim == 20
 
 
 def test_the_fingerprint_covers_family_mode_architecture_and_weights():

@@ -216,7 +216,7 @@ def test_resolution_only_flags_change_the_resolved_arguments():
         (["--image_column", "img"], "--image_column"),
         (["--train_file", "t.csv", "--synthetic_num_products", "200"], "--synthetic_num_products"),
         (["--patch_feature_mode", "grid"], "--patch_feature_mode"),
-        (["--patch_encoder_name_or_path", "microsoft/resnet-50"], "--patch_encoder_name_or_path"),
+        (["--patch_crop_size", "64"], "--patch_crop_size"),
         (["--model_type", "map_ivr", "--train_file", "t.parquet", "--synthetic_videos_per_class", "5"], "--synthetic_videos_per_class"),
         (["--model_type", "map_ivr", "--recipe", "quick"], "--recipe"),
         (["--model_type", "map_ivr", "--num_eval_negatives", "5"], "--num_eval_negatives"),

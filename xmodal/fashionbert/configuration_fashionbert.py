@@ -21,17 +21,23 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 __all__ = ["FashionBertConfig"]
 
 
+def _stage_count(cnn: PreTrainedConfig) -> int:
+    # ResNet and RegNet build as many stages as `depths` and `hidden_sizes` both describe, ConvNeXt `num_stages`.
+    return min(getattr(cnn, "num_stages", None) or len(cnn.depths), len(cnn.depths), len(cnn.hidden_sizes))
+
+
 def _last_stage_width(cnn: PreTrainedConfig) -> int:
-    return int(cnn.hidden_sizes[-1])
+    return int(cnn.hidden_sizes[_stage_count(cnn) - 1])
 
 
 def _staged_parameter_bound(cnn: PreTrainedConfig) -> int:
-    """An upper bound for stage-wise CNNs (ResNet, RegNet, ConvNeXt): a 7x7 stem, two 3x3 convolutions per block at
-    the wider width of its stage (bottlenecks, depthwise and grouped convolutions have fewer)."""
-    widths = [getattr(cnn, "embedding_size", cnn.hidden_sizes[0]), *cnn.hidden_sizes]
-    return 49 * cnn.num_channels * widths[0] + sum(
-        depth * 2 * 9 * max(a, b) ** 2 for depth, a, b in zip(cnn.depths, widths, widths[1:])
-    )
+    """An upper bound for stage-wise CNNs (ResNet, RegNet, ConvNeXt): the stem's convolution (7x7, or ConvNeXt's
+    `patch_size`), two 3x3 convolutions per block at the wider width of its stage (bottlenecks, depthwise and grouped
+    convolutions have fewer)."""
+    stages = _stage_count(cnn)
+    widths = [getattr(cnn, "embedding_size", cnn.hidden_sizes[0]), *cnn.hidden_sizes[:stages]]
+    stem = getattr(cnn, "patch_size", 7) ** 2 * cnn.num_channels * widths[0]
+    return stem + sum(depth * 2 * 9 * max(a, b) ** 2 for depth, a, b in zip(cnn.depths[:stages], widths, widths[1:]))
 
 
 def _mobilenet_v2_width(cnn: PreTrainedConfig) -> int:
@@ -45,7 +51,7 @@ def _mobilenet_v2_width(cnn: PreTrainedConfig) -> int:
 
 def _mobilenet_v2_parameter_bound(cnn: PreTrainedConfig) -> int:
     """An upper bound: 17 inverted residual blocks at the widest block's width (320 at multiplier 1), expanded."""
-    width = int(320 * max(cnn.depth_multiplier, 1.0)) + cnn.depth_divisible_by
+    width = max(int(320 * max(cnn.depth_multiplier, 1.0)), cnn.min_depth) + cnn.depth_divisible_by
     expanded = math.ceil(cnn.expand_ratio) * width
     return 17 * (2 * width * expanded + 10 * expanded) + 2 * _mobilenet_v2_width(cnn) * width
 
@@ -93,6 +99,9 @@ MAX_PARAMETERS = 2**36  # about 69 billion parameters (275 GB in float32)
 
 # Fields derived from others when None, and the fields each is derived from: an override of a source in
 # `from_pretrained(path, **overrides)` derives them again (see `FashionBertConfig.from_dict`).
+# What a CNN checkpoint's config says about the checkpoint rather than the network: dropped from the patch encoder's.
+_CHECKPOINT_METADATA = ("_name_or_path", "architectures", "id2label", "label2id", "num_labels", "transformers_version")
+
 DERIVED_FIELDS = {
     "patch_encoder_config": ("patch_encoder_type",),
     "patch_feature_dim": ("patch_encoder_type", "patch_encoder_config", "image_size", "patch_grid"),
@@ -314,18 +323,28 @@ class FashionBertConfig(PreTrainedConfig):
     sparse_prediction: bool = True
 
     def __post_init__(self, **kwargs):
-        cnn = self.patch_encoder_config
-        if self.patch_encoder_type in CNN_PATCH_ENCODERS and (cnn is None or isinstance(cnn, dict)):
-            # The family's transformers config (its defaults when None: ResNet-50 for "resnet", as the released code).
-            fields = {name: value for name, value in (cnn or {}).items() if name != "model_type"}
-            model_type = (cnn or {}).get("model_type", self.patch_encoder_type)
-            if model_type in CONFIG_MAPPING:
-                self.patch_encoder_config = CONFIG_MAPPING[model_type](**fields)
+        if self.patch_encoder_type in CNN_PATCH_ENCODERS:
+            self.patch_encoder_config = self._architecture_config(self.patch_encoder_config)
         super().__post_init__(**kwargs)
         if self.patch_feature_dim is None and not self._fashionbert_errors():
             self.patch_feature_dim = self.expected_patch_feature_dim
         # Fail at construction with a plain ValueError naming the fields (strict validators wrap their errors).
         self.validate_fashionbert()
+
+    def _architecture_config(self, cnn: PreTrainedConfig | dict | None) -> PreTrainedConfig | dict | None:
+        """
+        The CNN family's transformers config from a config or a dict (the family's defaults when None: ResNet-50 for
+        "resnet", as the released code), without what described the checkpoint it came from (label names, its path,
+        its head's class): the patch encoder's config, and so the cache key of its features, is its architecture alone.
+        An unknown `model_type` is left for the sub-config machinery and the validation to name.
+        """
+        fields = cnn.to_dict() if isinstance(cnn, PreTrainedConfig) else dict(cnn or {})
+        model_type = fields.pop("model_type", self.patch_encoder_type)
+        if model_type not in CONFIG_MAPPING:
+            return cnn
+        for name in _CHECKPOINT_METADATA:
+            fields.pop(name, None)
+        return CONFIG_MAPPING[model_type](**fields)
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "FashionBertConfig":
@@ -339,8 +358,9 @@ class FashionBertConfig(PreTrainedConfig):
         config_dict = dict(config_dict)
         overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in _OWN_FIELDS}
         stored = config_dict.get("patch_encoder_config")
-        if isinstance(overrides.get("patch_encoder_config"), dict) and isinstance(stored, dict):
-            # As the base class: a dict updates the stored sub-config instead of replacing it.
+        same_family = overrides.get("patch_encoder_type", config_dict.get("patch_encoder_type")) == config_dict.get("patch_encoder_type")
+        if isinstance(overrides.get("patch_encoder_config"), dict) and isinstance(stored, dict) and same_family:
+            # As the base class: a dict updates the stored sub-config instead of replacing it (within one CNN family).
             overrides["patch_encoder_config"] = {**stored, **overrides["patch_encoder_config"]}
         changed = {name for name, value in overrides.items() if config_dict.get(name, _MISSING) != value}
         for name, sources in DERIVED_FIELDS.items():
@@ -433,8 +453,6 @@ class FashionBertConfig(PreTrainedConfig):
             )
         if self.patch_encoder_type in CNN_PATCH_ENCODERS:
             model_type = getattr(self.patch_encoder_config, "model_type", None)
-            if isinstance(self.patch_encoder_config, dict):
-                model_type = self.patch_encoder_config.get("model_type")
             if model_type != self.patch_encoder_type:
                 errors.append(
                     f"`patch_encoder_config` must be the config of a {self.patch_encoder_type!r} model "

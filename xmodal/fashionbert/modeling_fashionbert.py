@@ -486,12 +486,11 @@ class FashionBertPreTrainedModel(PreTrainedModel):
 
     def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False) -> None:
         """
-        As `PreTrainedModel.set_attn_implementation`, but a CNN patch encoder (which has no attention, and some of
-        which refuse every implementation but eager) keeps its own unless `attn_implementation` is a dict naming it.
+        As `PreTrainedModel.set_attn_implementation`, but a CNN patch encoder stays eager: it has no attention, and some
+        CNN classes refuse every other implementation.
         """
-        cnn = self.config.patch_encoder_config
-        if isinstance(attn_implementation, str) and cnn is not None:
-            attn_implementation = {"": attn_implementation, "patch_encoder_config": cnn._attn_implementation}
+        if isinstance(attn_implementation, str) and self.config.patch_encoder_config is not None:
+            attn_implementation = {"": attn_implementation, "patch_encoder_config": "eager"}
         super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -533,7 +532,8 @@ class FashionBertModel(FashionBertPreTrainedModel):
         if config.patch_encoder_type == "pixels":
             self.patch_encoder = FashionBertPixelPatchifier(config)
         else:
-            self.patch_encoder = AutoModel.from_config(config.patch_encoder_config)
+            # A CNN has no attention: eager, whatever a caller asks of the whole model (some refuse sdpa outright).
+            self.patch_encoder = AutoModel.from_config(config.patch_encoder_config, attn_implementation="eager")
         self.patch_embeddings = FashionBertPatchEmbeddings(config)
         self.encoder = BertEncoder(config)
         if config.contrastive_projection_dim is not None:

