@@ -1,5 +1,7 @@
 """FashionBERT quality on the synthetic fashion test bed: the default recipe, each of its levers off in turn, the
-task weightings, MPM, the alignment heads, the patch features, a CLIP-style dual encoder and transformers' ViLT.
+task weightings, MPM, the alignment heads, the patch features (pixels, a random ResNet-50, the packaged ImageNet
+MobileNetV2 in grid and crop mode: every row sees the same 128-px renders), a CLIP-style dual encoder and
+transformers' ViLT.
 
 Every row trains the same number of steps (the quick recipe's, `--steps` to change it) on the same data, so the same
 seed gives the same numbers on any machine up to floating-point noise; `--budget` gives each row instead the steps its
@@ -12,6 +14,9 @@ bf16 autocast where the device computes it natively (`precision` "auto"), as tra
 
     python bench/quality_fashionbert.py --time_steps 12                        # CPU seconds per step of every row
     python bench/quality_fashionbert.py --seeds 0 1 2 --workers 2 --threads 1  # the table -> quality_fashionbert.json
+    python bench/quality_fashionbert.py --seeds 0 1 2 --workers 2 --threads 1 --rows default \
+        "patch features: ImageNet MobileNetV2 grid (256 px)" "patch features: ImageNet MobileNetV2 crop (64 px crops)" \
+        --output bench/results/quality_patch_encoders.json               # pixels against the packaged ImageNet CNN
     python bench/quality_fashionbert.py --rows default --seeds 0 --steps 4     # a smoke run (any machine)
 
 `--probe_heads` trains alignment heads alone on the frozen encoder as loaded (why the recipe's bilinear head).
@@ -25,6 +30,7 @@ vocabulary or its renderer.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -33,6 +39,7 @@ import os
 import platform
 import shlex
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,18 +48,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
-from transformers import AutoTokenizer, BertModel, ViltConfig, ViltForImageAndTextRetrieval, get_scheduler
+from transformers import AutoConfig, AutoTokenizer, BertModel, ViltConfig, ViltForImageAndTextRetrieval, get_scheduler
 
 from xmodal import FashionBertConfig, FashionBertForImageTextRetrieval, FashionBertForPreTraining, FashionBertImageProcessor
 from xmodal.data import FashionBertPretrainingCollator
+from xmodal.data.preprocessing import patch_encoder_fingerprint
 from xmodal.data.fashion_synthetic import generate_fashion_columns
 from xmodal.evaluation.fashion_retrieval import choose_fusion_weight, evaluate_fashion_retrieval
-from xmodal.fashionbert.modeling_fashionbert import FashionBertPatchEmbeddings, FashionBertPixelPatchifier
+from xmodal.fashionbert.modeling_fashionbert import FashionBertModel, FashionBertPatchEmbeddings, FashionBertPixelPatchifier
+from xmodal.pretrained import packaged_patch_encoder
 from xmodal.training import (
     FASHIONBERT_RECIPES, alignment_warmup_loss, default_mixed_precision, optimizer_parameter_groups, training_attention,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FEATURE_CACHE = Path(tempfile.gettempdir()) / "xmodal_quality_features"
 RECIPE = FASHIONBERT_RECIPES["quick"]
 BATCH_SIZE = 16  # aligned pairs per step, as train.py
 
@@ -74,6 +84,8 @@ ROWS: dict[str, dict] = {
     "no MPM": {"mpm": False},
     "hard negatives from step 0": {"hard_negative_warmup_steps": 0},
     "patch features: random ResNet-50 grid": {"patch_encoder": "resnet_grid"},
+    "patch features: ImageNet MobileNetV2 grid (256 px)": {"patch_encoder": "mobilenet_v2_grid"},
+    "patch features: ImageNet MobileNetV2 crop (64 px crops)": {"patch_encoder": "mobilenet_v2_crop"},
     "paper recipe (lr 2e-5, cls, no warm-up)": {
         "alignment_pooling": "cls",
         "learning_rate": 2e-5,
@@ -93,6 +105,27 @@ SWEEP: dict[str, dict] = {
     "lr 2e-4": {"learning_rate": 2e-4},
     "batch 8": {"batch_size": 8},
 }
+
+
+# The frozen CNN rows' patch encoders: FashionBertConfig fields (on the same 128-px renders as every row). Grid mode
+# runs the CNN once at 256 px (the processor upsamples), where a stride-32 CNN's map is the 8x8 grid; crop mode cuts the
+# 16-px patches of the 128-px image and resizes each to 64 px (the paper's 224 costs 12x: about 95 minutes per test bed
+# on a 2-core CPU). ResNet-50 has random weights (none can be downloaded here); MobileNetV2 is the packaged ImageNet one.
+PATCH_ENCODERS = {
+    "pixels": {"patch_encoder_type": "pixels"},
+    "resnet_grid": {"patch_encoder_type": "resnet", "patch_feature_mode": "grid"},
+    "mobilenet_v2_grid": {"patch_encoder_type": "mobilenet_v2", "patch_feature_mode": "grid", "image_size": 256},
+    "mobilenet_v2_crop": {"patch_encoder_type": "mobilenet_v2", "patch_feature_mode": "crop", "patch_crop_size": 64},
+}
+
+
+def patch_encoder_config_fields(key: str) -> dict:
+    """FashionBertConfig fields of a row's patch encoder; a packaged pretrained CNN brings its own config."""
+    fields = {"image_size": RECIPE.image_size, "patch_feature_mode": "grid", **PATCH_ENCODERS[key]}
+    weights = packaged_patch_encoder(fields["patch_encoder_type"])
+    if weights:
+        fields["patch_encoder_config"] = AutoConfig.from_pretrained(weights)
+    return fields
 
 
 # Settings that change what a step computes (and so its time); the others change only losses, heads or schedules.
@@ -212,8 +245,39 @@ def prepare_data(text_model: str, variant: str = "synthetic") -> dict[str, dict]
             "product_id": columns["product_id"],
             "subcategory": columns["subcategory"],
             "pixel_values": image_processor(images, return_tensors="np")["pixel_values"].astype(np.float32),
+            "images": images,
         }
     return data
+
+
+def cnn_features(data: dict, key: str, text_model: str, device: str, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """A frozen CNN row's patch features of every split, in float32 as train.py computes them (once per test bed,
+    before the rows' workers fork)."""
+    fields = patch_encoder_config_fields(key)
+    config = FashionBertConfig.from_text_config(text_model, patch_grid=8, **fields)
+    encoder = FashionBertModel(config).to(device).eval()
+    weights = packaged_patch_encoder(config.patch_encoder_type)
+    if weights:
+        encoder.load_patch_encoder_weights(weights)
+    processor = FashionBertImageProcessor(image_size=config.image_size, patch_grid=8)
+    # Cached on disk under the encoder's fingerprint and the test bed's own hash: an interrupted run computes them once.
+    images = hashlib.sha256(b"".join(image.tobytes() for rows in data.values() if isinstance(rows, dict) for image in rows.get("images", ())))
+    cache = FEATURE_CACHE / f"{key}-{patch_encoder_fingerprint(encoder)[:16]}-{images.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return dict(stored)
+    features = {}
+    for split, rows in data.items():
+        if not isinstance(rows, dict) or "images" not in rows:
+            continue
+        chunks = []
+        for start in range(0, len(rows["images"]), batch_size):
+            pixels = processor(rows["images"][start:start + batch_size], return_tensors="pt")["pixel_values"].to(device)
+            chunks.append(encoder.get_patch_features(pixels).float().cpu().numpy())  # float32, as train.py
+        features[split] = np.concatenate(chunks)
+    FEATURE_CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **features)
+    return features
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -346,9 +410,8 @@ def build(settings: dict, text_model: str, attention: str | None = None):
         if attention:
             model.model.set_attn_implementation(attention)
         return model, model.new_parameters, {"mlm_probability": 0.0, "mpm_probability": 0.0}, "pixels"
-    patch_type = "resnet" if settings["patch_encoder"] == "resnet_grid" else "pixels"
     config = FashionBertConfig.from_text_config(
-        text_model, image_size=RECIPE.image_size, patch_grid=8, patch_encoder_type=patch_type, patch_feature_mode="grid",
+        text_model, patch_grid=8, **patch_encoder_config_fields(settings["patch_encoder"]),
         task_weighting=settings["task_weighting"], alignment_pooling=settings["alignment_pooling"],
         contrastive_projection_dim=settings["contrastive_projection_dim"] or None, **dropout,
     )
@@ -356,6 +419,9 @@ def build(settings: dict, text_model: str, attention: str | None = None):
         model = DualEncoder(text_model, config, **bert_overrides)
         return model, model.new_parameters, {"mlm_probability": 0.0, "mpm_probability": 0.0, "negatives_per_example": 0}, "features"
     model, info = FashionBertForPreTraining.from_pretrained(text_model, config=config, output_loading_info=True)
+    weights = packaged_patch_encoder(config.patch_encoder_type)
+    if weights:
+        model.bert.load_patch_encoder_weights(weights)
     if attention:
         model.set_attn_implementation(attention)
     collator = {"mlm_probability": config.mlm_probability, "mpm_probability": config.mpm_probability if settings["mpm"] else 0.0,
@@ -386,7 +452,9 @@ def train_and_evaluate(name: str, overrides: dict, seed: int, steps: int, data: 
     model.to(device).train()
     tokenizer = AutoTokenizer.from_pretrained(text_model)
     splits = ("train", eval_split, "validation") if eval_split != "validation" else ("train", "validation")
-    features = {split: (data[split]["pixel_values"] if reads == "pixels" else patch_features_of(model, data[split]["pixel_values"], device))
+    cached = data.get("cnn_features", {}).get(settings["patch_encoder"]) if reads == "features" else None
+    features = {split: (data[split]["pixel_values"] if reads == "pixels" else
+                        cached[split] if cached else patch_features_of(model, data[split]["pixel_values"], device))
                 for split in splits}
     autocast = {"device_type": torch.device(device).type, "dtype": torch.bfloat16, "enabled": precision == "bf16"}
     key = "pixel_values" if reads == "pixels" else "patch_features"
@@ -736,6 +804,14 @@ def main() -> None:
     for variant in variants:
         print(f"preparing {variant} data ...", flush=True)
         _DATA[variant] = prepare_data(args.text_model, variant)
+        encoders = {settings_of(table[name])["patch_encoder"] for name in names} - {"pixels"}
+        if not args.time_steps:  # frozen CNN features: once per test bed, shared by every row and seed
+            torch.set_num_threads(os.cpu_count() or 1)
+            _DATA[variant]["cnn_features"] = {}
+            for key in sorted(encoders):
+                started = time.monotonic()
+                _DATA[variant]["cnn_features"][key] = cnn_features(_DATA[variant], key, args.text_model, args.device)
+                print(f"  {key} patch features: {time.monotonic() - started:.0f} s", flush=True)
     jobs = [
         {"row": name, "overrides": {**({"unmasked_warmup": False} if args.masked_warmup else {}), **table[name]}, "seed": seed, "steps": steps_of[name], "variant": variant,
          "eval_split": "validation" if args.sweep else "test", "text_model": args.text_model, "device": args.device,

@@ -251,6 +251,7 @@ RENDERERS = {
     "quality_fashionbert": quality_fashionbert,
     "quality_fashionbert_timing": quality_fashionbert_timing,
     "quality_fashionbert_sweep": quality_fashionbert_sweep,
+    "quality_patch_encoders": quality_fashionbert,  # the same table: pixels against the pretrained CNN's rows
     "probe_alignment_heads": probe_alignment_heads,
 }
 
