@@ -42,8 +42,9 @@ from xmodal.training import map_ivr as map_ivr_training  # noqa: E402
 
 # train.py's defaults (the quick recipe's image size, the activity test bed's --synthetic_videos_per_class and
 # --seed), from the training modules train.py reads them from.
+QUICK_RECIPE = fashionbert_training.QUICK_RECIPE
 TRAIN_DEFAULTS = {
-    "image_size": fashionbert_training.QUICK_RECIPE.image_size,
+    "image_size": fashionbert_training.default_image_size(QUICK_RECIPE, QUICK_RECIPE.patch_encoder_type),
     "synthetic_videos_per_class": map_ivr_training.SYNTHETIC_VIDEOS_PER_CLASS,
     "seed": DEFAULT_SEED,
 }

@@ -93,7 +93,7 @@ def test_a_stream_shorter_than_one_batch_stops_with_one_line(catalogue, encoder)
 
 
 def streaming_args(tiny_bert, catalogue, output_dir, *extra) -> list[str]:  # noqa: F811
-    return ["--text_model_name_or_path", str(tiny_bert), "--image_size", "16", "--patch_grid", "2", "--max_text_length", "12",
+    return ["--text_model_name_or_path", str(tiny_bert), "--patch_encoder_type", "pixels", "--image_size", "16", "--patch_grid", "2", "--max_text_length", "12",
             "--train_file", str(catalogue), "--validation_file", str(catalogue), *sum(([f"--{k}", v] for k, v in COLUMNS.items()), []),
             "--streaming", "--shuffle_buffer_size", "8", "--per_device_train_batch_size", "4", "--max_train_steps", "12",
             "--alignment_warmup_steps", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3", "--do_eval", "false",

@@ -54,7 +54,7 @@ def fashion_args(tiny_bert: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
         "--text_model_name_or_path", str(tiny_bert),
         "--synthetic_num_products", "110", "--synthetic_views_per_product", "1",
-        "--image_size", "32", "--patch_grid", "4", "--max_text_length", "24",
+        "--patch_encoder_type", "pixels", "--image_size", "32", "--patch_grid", "4", "--max_text_length", "24",
         "--per_device_train_batch_size", "4", "--max_train_steps", "2", "--logging_steps", "1",
         "--num_eval_negatives", "3", "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip
@@ -81,7 +81,7 @@ def test_help_lists_every_flag_with_a_description():
 
 def test_defaults_are_the_embedded_demo_and_booleans_parse_strictly():
     args = train.parse_args([])
-    assert args.model_type == "fashionbert" and args.patch_encoder_type == "pixels"
+    assert args.model_type == "fashionbert" and args.patch_encoder_type == "mobilenet_v2" and args.image_size == 256
     assert Path(args.text_model_name_or_path) == Path(get_model_path())
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay) == (0.95, 0.999, 1e-4)  # the paper's
     assert train.parse_args(["--model_type", "map_ivr"]).output_dir == "outputs/map_ivr"

@@ -124,7 +124,7 @@ def fashion_scenarios(tiny_bert: Path, tmp: Path) -> list[tuple[list[str], type[
               "--max_train_samples", "8", "--per_device_train_batch_size", "4", "--num_train_epochs", "1", "--do_eval", "false",
               "--output_dir", str(tmp / "loaded")]  # fmt: skip
     catalogue = write_catalogue(tmp / "catalogue")
-    files = ["--text_model_name_or_path", str(tiny_bert), "--image_size", "32", "--patch_grid", "4", "--train_file", str(catalogue),
+    files = ["--text_model_name_or_path", str(tiny_bert), "--patch_encoder_type", "pixels", "--image_size", "32", "--patch_grid", "4", "--train_file", str(catalogue),
              "--validation_file", str(catalogue), "--image_column", "picture", "--caption_column", "caption",
              "--subcategory_column", "kind", "--product_id_column", "sku", "--on_bad_rows", "skip",
              "--per_device_train_batch_size", "4", "--max_train_steps", "1", "--num_eval_negatives", "3",
@@ -215,7 +215,7 @@ def test_resolution_only_flags_change_the_resolved_arguments():
         (["--on_bad_rows", "skip"], "--on_bad_rows"),
         (["--image_column", "img"], "--image_column"),
         (["--train_file", "t.csv", "--synthetic_num_products", "200"], "--synthetic_num_products"),
-        (["--patch_feature_mode", "grid"], "--patch_feature_mode"),
+        (["--patch_encoder_type", "pixels", "--patch_feature_mode", "grid"], "--patch_feature_mode"),
         (["--patch_crop_size", "64"], "--patch_crop_size"),
         (["--model_type", "map_ivr", "--train_file", "t.parquet", "--synthetic_videos_per_class", "5"], "--synthetic_videos_per_class"),
         (["--model_type", "map_ivr", "--recipe", "quick"], "--recipe"),
@@ -268,7 +268,7 @@ def test_a_user_error_is_one_line_without_traceback_unless_debug(tmp_path):
 
 
 def test_an_evaluation_set_too_small_for_the_protocol_stops_before_training(tiny_bert, tmp_path):  # noqa: F811
-    argv = ["--text_model_name_or_path", str(tiny_bert), "--image_size", "32", "--patch_grid", "4", "--synthetic_num_products", "60",
+    argv = ["--text_model_name_or_path", str(tiny_bert), "--patch_encoder_type", "pixels", "--image_size", "32", "--patch_grid", "4", "--synthetic_num_products", "60",
             "--synthetic_views_per_product", "1", "--per_device_train_batch_size", "4", "--max_train_steps", "1",
             "--max_eval_samples", "3", "--num_eval_negatives", "3", "--output_dir", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(ValueError, match=r"evaluation split has 3 products.*--num_eval_negatives \+ 1 = 4"):
@@ -326,7 +326,7 @@ def test_a_cnn_patch_encoder_gets_packaged_weights_grid_mode_and_its_image_size(
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--patch_crop_size", "64"], "--patch_crop_size: applies only to a CNN --patch_encoder_type"),
+        (["--patch_encoder_type", "pixels", "--patch_crop_size", "64"], "--patch_crop_size: applies only to a CNN --patch_encoder_type"),
         (["--patch_encoder_type", "pixels", "--patch_feature_mode", "grid"], "--patch_feature_mode: applies only to a CNN"),
         (["--patch_encoder_type", "mobilenet_v2", "--patch_crop_size", "64"], "--patch_crop_size: applies only to --patch_feature_mode crop"),
         (["--patch_encoder_type", "resnet", "--patch_encoder_name_or_path", "PACKAGED"], "--patch_encoder_type is 'resnet' but --patch_encoder_name_or_path .* is a 'mobilenet_v2' checkpoint"),

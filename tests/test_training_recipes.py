@@ -10,7 +10,7 @@ from torch import nn
 from xmodal.fashionbert.configuration_fashionbert import FashionBertConfig
 from xmodal.fashionbert.modeling_fashionbert import FashionBertForPreTraining
 from xmodal.training import FASHIONBERT_RECIPES, alignment_warmup_loss, optimizer_parameter_groups
-from xmodal.training.fashionbert import alignment_warmup_share
+from xmodal.training.fashionbert import alignment_warmup_share, default_image_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
@@ -180,7 +180,9 @@ def test_the_quick_recipe_is_the_default_for_every_data_source():
     for argv in ([], ["--train_file", "catalogue.csv"], ["--dataset_name", "you/catalogue"]):
         args = train.parse_args(argv)
         assert args.recipe == "quick"
-        assert (args.image_size, args.learning_rate, args.alignment_pooling) == (quick.image_size, quick.learning_rate, quick.alignment_pooling)
+        assert (args.patch_encoder_type, args.patch_feature_mode) == (quick.patch_encoder_type, quick.patch_feature_mode)
+        image_size = default_image_size(quick, quick.patch_encoder_type)  # a CNN's: 32 x 8, its map is the grid
+        assert (args.image_size, args.learning_rate, args.alignment_pooling) == (image_size, quick.learning_rate, quick.alignment_pooling)
         assert (args.new_modules_lr_multiplier, args.alignment_warmup_steps) == (quick.new_modules_lr_multiplier, quick.alignment_warmup_steps)
         assert (args.max_train_steps, args.max_train_minutes) == (quick.max_train_steps, quick.max_train_minutes)
 

@@ -129,14 +129,14 @@ class FashionBertRecipe:
 
 QUICK_RECIPE = FashionBertRecipe(
     name="quick",
-    description="minutes on a CPU: 128 px, align before fuse (dual-encoder heads trained with the contrastive task, "
+    description="minutes on a CPU: the packaged ImageNet MobileNetV2's patch features (grid, 256 px), align before fuse (dual-encoder heads trained with the contrastive task, "
     "the fused score's weight chosen on the validation split), the bilinear alignment head, lr 2e-4 with the new "
     "modules at 10x, an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the "
     "adaptive weights), from step 150 two TIA negatives per pair mined by contrastive similarity (one each way, as "
     "ALBEF), no dropout, 300 steps",
     image_size=128,
     max_text_length=64,
-    patch_encoder_type="pixels",
+    patch_encoder_type="mobilenet_v2",
     patch_feature_mode="grid",
     alignment_pooling="text_patch_bilinear",
     contrastive_projection_dim=256,
@@ -346,6 +346,11 @@ def resolve_arguments(args: argparse.Namespace, given: set[str]) -> None:
         args.text_model_name_or_path = packaged_bert()
 
 
+def default_image_size(recipe: FashionBertRecipe, patch_encoder_type: str, patch_grid: int = 8) -> int:
+    """`--image_size` by default: the recipe's for pixels, `CNN_STRIDE * patch_grid` for a CNN (its map is the grid)."""
+    return recipe.image_size if patch_encoder_type == "pixels" else CNN_STRIDE * patch_grid
+
+
 def resolve_patch_encoder(args: argparse.Namespace, given: set[str], recipe: FashionBertRecipe) -> None:
     """
     A new model's patch encoder: the family of --patch_encoder_name_or_path or of --patch_encoder_type (the recipe's
@@ -371,7 +376,7 @@ def resolve_patch_encoder(args: argparse.Namespace, given: set[str], recipe: Fas
     if args.patch_feature_mode == "grid":
         refuse_flags(("patch_crop_size",), given, "applies only to --patch_feature_mode crop")
     if args.image_size is None:
-        args.image_size = CNN_STRIDE * args.patch_grid
+        args.image_size = default_image_size(recipe, args.patch_encoder_type, args.patch_grid)
     args.patch_encoder_name_or_path = path or packaged_patch_encoder(args.patch_encoder_type)
     if args.patch_encoder_name_or_path is None:
         import warnings
