@@ -129,7 +129,8 @@ class FashionBertRecipe:
 
 QUICK_RECIPE = FashionBertRecipe(
     name="quick",
-    description="minutes on a CPU: the packaged ImageNet MobileNetV2's patch features (grid, 256 px), align before fuse (dual-encoder heads trained with the contrastive task, "
+    description="minutes on a CPU: the packaged ImageNet MobileNetV2's patch features (grid, 256 px), align before "
+    "fuse (dual-encoder heads trained with the contrastive task, "
     "the fused score's weight chosen on the validation split), the bilinear alignment head, lr 2e-4 with the new "
     "modules at 10x, an alignment warm-up of 60 steps (alignment alone on unmasked pairs, then blended into the "
     "adaptive weights), from step 150 two TIA negatives per pair mined by contrastive similarity (one each way, as "
