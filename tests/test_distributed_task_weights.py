@@ -84,6 +84,10 @@ def worker(output: str) -> None:
     torch.distributed.all_gather_object(gathered, result)
     if accelerator.is_main_process:
         Path(output).write_text(json.dumps({"num_processes": accelerator.num_processes, "ranks": gathered}))
+    # Tear gloo down before the interpreter exits: left to exit, its threads sometimes abort a process (SIGABRT,
+    # "terminate called without an active exception") after the work is done.
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
