@@ -119,6 +119,14 @@ PATCH_ENCODERS = {
 }
 
 
+def with_packaged_weights(encoder: FashionBertModel) -> FashionBertModel:
+    """The encoder with xmodal's packaged pretrained weights in its CNN, when xmodal ships some for that family."""
+    weights = packaged_patch_encoder(encoder.config.patch_encoder_type)
+    if weights:
+        encoder.load_patch_encoder_weights(weights)
+    return encoder
+
+
 def patch_encoder_config_fields(key: str) -> dict:
     """FashionBertConfig fields of a row's patch encoder; a packaged pretrained CNN brings its own config."""
     fields = {"image_size": RECIPE.image_size, "patch_feature_mode": "grid", **PATCH_ENCODERS[key]}
@@ -255,10 +263,7 @@ def cnn_features(data: dict, key: str, text_model: str, device: str, batch_size:
     before the rows' workers fork)."""
     fields = patch_encoder_config_fields(key)
     config = FashionBertConfig.from_text_config(text_model, patch_grid=8, **fields)
-    encoder = FashionBertModel(config).to(device).eval()
-    weights = packaged_patch_encoder(config.patch_encoder_type)
-    if weights:
-        encoder.load_patch_encoder_weights(weights)
+    encoder = with_packaged_weights(FashionBertModel(config)).to(device).eval()
     processor = FashionBertImageProcessor(image_size=config.image_size, patch_grid=8)
     # Cached on disk under the encoder's fingerprint and the test bed's own hash: an interrupted run computes them once.
     images = hashlib.sha256(b"".join(image.tobytes() for rows in data.values() if isinstance(rows, dict) for image in rows.get("images", ())))
@@ -419,9 +424,7 @@ def build(settings: dict, text_model: str, attention: str | None = None):
         model = DualEncoder(text_model, config, **bert_overrides)
         return model, model.new_parameters, {"mlm_probability": 0.0, "mpm_probability": 0.0, "negatives_per_example": 0}, "features"
     model, info = FashionBertForPreTraining.from_pretrained(text_model, config=config, output_loading_info=True)
-    weights = packaged_patch_encoder(config.patch_encoder_type)
-    if weights:
-        model.bert.load_patch_encoder_weights(weights)
+    with_packaged_weights(model.bert)
     if attention:
         model.set_attn_implementation(attention)
     collator = {"mlm_probability": config.mlm_probability, "mpm_probability": config.mpm_probability if settings["mpm"] else 0.0,

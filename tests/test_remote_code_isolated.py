@@ -129,6 +129,13 @@ def report_environment():
         "meta_path": [type(f).__name__ if not isinstance(f, type) else f.__name__ for f in sys.meta_path],
     }
 
+def isolated_environment():
+    # The scripts that load folders run only where xmodal is truly absent.
+    environment = report_environment()
+    if environment["import_error"] is None:
+        sys.exit("xmodal is importable in the isolated interpreter")
+    return environment
+
 def write_report(report):
     with open(os.path.join(out_dir, f"{mode}.json"), "w") as f:
         json.dump(report, f)
@@ -141,9 +148,7 @@ write_report(report_environment())
 CHILD_LOAD = CHILD_PRELUDE + r"""
 # PIPELINE FUNCTIONS
 
-environment = report_environment()
-if environment["import_error"] is None:
-    sys.exit("xmodal is importable in the isolated interpreter")
+environment = isolated_environment()
 import numpy as np
 import PIL.Image
 import torch
@@ -425,9 +430,7 @@ def test_saved_folders_load_and_run_with_remote_code_only(saved, isolated_site, 
 # ----------------------------------------------------------------------------- transformers' pipeline, without xmodal
 
 CHILD_PIPELINE = CHILD_PRELUDE + r"""
-environment = report_environment()
-if environment["import_error"] is None:
-    sys.exit("xmodal is importable in the isolated interpreter")
+environment = isolated_environment()
 import PIL.Image
 import torch
 from safetensors import safe_open
@@ -559,9 +562,7 @@ def test_fashion_retrieval_pipeline_runs_with_remote_code_only(
 # ----------------------------------------------------------------------------- CNN patch encoders, without xmodal
 
 CHILD_CNN = CHILD_PRELUDE + r"""
-environment = report_environment()
-if environment["import_error"] is None:
-    sys.exit("xmodal is importable in the isolated interpreter")
+environment = isolated_environment()
 import PIL.Image
 import torch
 from safetensors.torch import save_file
